@@ -223,6 +223,11 @@ class TrainConfig:
     checkpoint_every: int = 5000
     log_every: int = 20
     seed: int = 42
+    # Checkpoint (or torchvision-style state dict) to start from; weights whose shape differs
+    # (a new number of classes) keep their fresh init.
+    init_from: str = ""
+    # Non-finite losses are skipped; this many in a row stop the run.
+    max_nonfinite_steps: int = 10
 
     def __post_init__(self) -> None:
         _check(self.max_iters > 0, "max_iters", "must be > 0")
@@ -236,6 +241,7 @@ class TrainConfig:
         _check(self.accumulate_steps >= 1, "accumulate_steps", "must be >= 1")
         _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "eval_every", "must be >= 0 (0 = only at the end)")
         _check(self.log_every > 0, "log_every", "must be > 0")
+        _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
 
 
 @dataclass(frozen=True)

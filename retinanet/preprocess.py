@@ -22,6 +22,12 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
     return min(min_size / short, max_size / long)
 
 
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Output (H, W) of the resize: floor(side * scale), which is what torchvision's interpolate gives."""
+    scale = resize_scale(height, width, min_size, max_size)
+    return max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))
+
+
 def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
     """Bilinear resize of a (3, H, W) float image, exactly as torchvision's GeneralizedRCNNTransform."""
     h, w = image.shape[-2:]

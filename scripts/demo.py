@@ -1,61 +1,42 @@
-"""`make demo` (foundation stage): a small RetinaNet on a synthetic batch through forward, loss and postprocess."""
+"""`make demo`: generate the synthetic shapes set (first time only), train configs/demo_cpu.yaml,
+evaluate the best checkpoint, and print the metrics table and where the TensorBoard logs are."""
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
-import torch
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
-from retinanet import build_criterion, build_model, build_postprocess, load_config
-from retinanet.types import Target
+import evaluate  # noqa: E402
+import train  # noqa: E402
+from make_synthetic_dataset import make_dataset  # noqa: E402
+from retinanet.errors import run_cli  # noqa: E402
+
+CONFIG = "configs/demo_cpu.yaml"
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    cfg = load_config(
-        None,
-        [
-            "model.backbone.name=resnet18",
-            "model.backbone.weights=none",
-            "model.backbone.norm=bn",
-            "model.fpn.channels=64",
-            "model.head.channels=64",
-            "model.head.norm=gn",
-            "input.min_size=[256]",
-            "input.max_size=256",
-        ],
+def main() -> int:
+    start = time.time()
+    make_dataset(REPO / "datasets" / "synthetic", seed=0, num_train=600, num_val=150, image_size=128)
+    run_dir = REPO / "runs" / f"demo_cpu-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"[1/2] training {CONFIG} -> {run_dir}")
+    code = run_cli(lambda: train.main(["--config", CONFIG, "--output-dir", str(run_dir)]))
+    if code:
+        return code
+    print(f"[2/2] evaluating {run_dir}/checkpoints/best.pt")
+    code = run_cli(
+        lambda: evaluate.main(
+            ["--config", str(run_dir / "config.yaml"), "--checkpoint", str(run_dir / "checkpoints" / "best.pt"),
+             "--output-dir", str(run_dir / "eval")]
+        )
     )
-    num_classes = 3
-    model = build_model(cfg, num_classes)
-    criterion = build_criterion(cfg, num_classes)
-    postprocess = build_postprocess(cfg)
-    images = torch.rand(2, 3, 256, 256)
-    targets = [
-        Target(torch.tensor([[20.0, 30, 120, 140], [150, 40, 230, 100]]), torch.tensor([0, 2])),
-        Target(torch.tensor([[60.0, 60, 200, 220]]), torch.tensor([1])),
-    ]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    t0 = time.time()
-    model.train()
-    for step in range(1, 31):
-        out = model(images)
-        losses = criterion(out, targets)
-        opt.zero_grad()
-        losses["loss"].backward()
-        opt.step()
-        if step in (1, 10, 20, 30):
-            print(
-                f"step {step:2d}  loss {losses['loss'].item():.4f}  cls {losses['loss_cls'].item():.4f}  "
-                f"box {losses['loss_box'].item():.4f}  positives {int(losses['num_pos'])}"
-            )
-    print(f"cls_logits {tuple(out.cls_logits.shape)}  box_deltas {tuple(out.box_deltas.shape)}  anchors {tuple(out.anchors.shape)}")
-    model.eval()
-    with torch.no_grad():
-        dets = postprocess(model(images), [(256, 256)] * 2)
-    for i, d in enumerate(dets):
-        top = ", ".join(f"{int(l)}:{s:.2f}" for l, s in zip(d.labels[:3], d.scores[:3].tolist()))
-        print(f"image {i}: {len(d.scores)} detections, top label:score {top}  (boxes {tuple(d.boxes_xyxy.shape)})")
-    print(f"30 training steps in {time.time() - t0:.1f}s")
+    print(f"demo finished in {(time.time() - start) / 60:.1f} min")
+    print(f"TensorBoard: tensorboard --logdir {run_dir.relative_to(REPO)}")
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Datasets and DataLoaders built from the config: the only place that reads `cfg.data` and `cfg.input`."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from retinanet.config import Config, SplitConfig
+
+from .coco import CocoDetection
+from .collate import aspect_ratio_group_ids, collate, seed_worker
+from .sampler import SeededDataset, TrainBatchSampler
+from .transforms import build_transforms
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be used; the message names the file and the fix."""
+
+
+def build_dataset(cfg: Config, split: str) -> CocoDetection:
+    paths: SplitConfig = getattr(cfg.data, split)
+    for key, value in (("images", paths.images), ("annotations", paths.annotations)):
+        if not value:
+            raise DatasetError(f"data.{split}.{key} is not set; set it in the config or with --set data.{split}.{key}=PATH")
+        if not Path(value).exists():
+            raise DatasetError(f"data.{split}.{key}: {value} does not exist; check the path")
+    train = split == "train"
+    transforms = build_transforms(
+        train=train,
+        min_size=cfg.input.min_size if train else cfg.input.test_min_size,
+        max_size=cfg.input.max_size,
+        augmentations=cfg.data.augmentations,
+        min_visibility=cfg.data.min_visibility,
+    )
+    return CocoDetection(paths.images, paths.annotations, transforms, keep_empty=cfg.data.keep_empty or not train)
+
+
+def build_train_loader(
+    cfg: Config, dataset: CocoDetection, start_batch: int = 0, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    groups = aspect_ratio_group_ids(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
+    sampler = TrainBatchSampler(
+        len(dataset), cfg.train.batch_size, cfg.train.seed, groups, start_batch=start_batch, rank=rank, world_size=world_size
+    )
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
+        worker_init_fn=seed_worker,
+        persistent_workers=cfg.data.num_workers > 0,
+        prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+    )
+
+
+def build_val_loader(cfg: Config, dataset: CocoDetection) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
+    )

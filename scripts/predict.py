@@ -1,0 +1,92 @@
+"""Run a checkpoint on an image or a folder of images through `retinanet.Detector`.
+
+    python scripts/predict.py --checkpoint runs/demo_cpu/checkpoints/best.pt --input IMAGE_OR_DIR \
+        [--output-dir DIR] [--score-thresh 0.3] [--device auto]
+
+Writes every image with its boxes, class names and scores drawn, and `detections.json`
+(COCO results with the checkpoint's category ids; `image_id` is the position in the sorted
+file list, and `file_name` names the image).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from data.coco import load_image
+from retinanet.config import from_dict
+from retinanet.detector import Detector
+from retinanet.engine import load_checkpoint, load_model_weights, resolve_device
+from retinanet.errors import run_cli
+from retinanet.visualize import draw_detections
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output-dir", default="predictions")
+    parser.add_argument("--score-thresh", type=float, default=0.3, help="minimum score to draw and save")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser.parse_args(argv)
+
+
+def list_images(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            return files
+        raise FileNotFoundError(f"--input {path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    raise FileNotFoundError(f"--input {path}: no such file or folder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ckpt_path = Path(args.checkpoint)
+    state = load_checkpoint(ckpt_path)
+    cfg = from_dict(state["config"], f"{ckpt_path} (config)")
+    categories = state["categories"]
+    device = resolve_device(args.device)
+    detector = Detector.from_config(cfg, num_classes=len(categories))
+    load_model_weights(detector.model, state["model"], ckpt_path)
+    detector.to(device).eval()
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [c["name"] for c in categories]
+    records = []
+    for image_id, path in enumerate(list_images(Path(args.input))):
+        image = load_image(path)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
+        det = detector([tensor])[0]
+        keep = det["scores"] >= args.score_thresh
+        boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
+        drawn = draw_detections(image, boxes, [names[int(l)] for l in labels], scores.tolist())
+        Image.fromarray(drawn).save(out_dir / f"{path.stem}.png")
+        for b, s, l in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            records.append(
+                {
+                    "image_id": image_id,
+                    "file_name": path.name,
+                    "category_id": categories[l]["id"],
+                    "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+                    "score": round(s, 5),
+                }
+            )
+        print(f"{path.name}: {int(keep.sum())} detections")
+    (out_dir / "detections.json").write_text(json.dumps(records))
+    print(f"wrote {out_dir}/ (drawn images and detections.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,272 @@
+"""Train RetinaNet from a YAML config.
+
+    python train.py --config configs/demo_cpu.yaml [--output-dir DIR] [--resume] [--set KEY=VALUE ...]
+
+Writes into the output directory: config.yaml (the resolved config), train.log, metrics.jsonl,
+TensorBoard event files, checkpoints/last.pt and checkpoints/best.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.coco import CocoDetection
+from data.loaders import build_dataset, build_train_loader, build_val_loader
+from retinanet.config import Config, load_config, replace, save_config, to_dict
+from retinanet.engine import (
+    autocast,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    load_checkpoint,
+    load_for_finetune,
+    load_model_weights,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from retinanet.errors import run_cli
+from retinanet.evaluator import CocoEvaluator
+from retinanet.logger import RunLogger, setup_file_logging
+from retinanet.model import build_criterion, build_model, build_postprocess
+from retinanet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from retinanet.visualize import draw_comparison
+
+log = logging.getLogger("retinanet")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--output-dir", default=None, help="run folder (default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser.parse_args(argv)
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the next step and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A normalized (3, H, W) network input back to a displayable uint8 HWC array."""
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return ((image.float().cpu() * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+
+
+def run_evaluation(
+    cfg: Config, model, postprocess, val_set: CocoDetection, val_loader, device, logger: RunLogger, step: int
+) -> dict[str, Any]:
+    evaluator = CocoEvaluator(val_set.coco)
+    names = val_set.category_map.names
+    metrics, _, kept = evaluate(
+        model, postprocess, val_loader, evaluator, val_set.category_map.category_ids, device, cfg.train.amp,
+        keep_images=cfg.eval.num_vis_images,
+    )
+    logger.log_eval(step, metrics)
+    recall, precision = evaluator.pr_curve(iou=0.5)
+    logger.log_pr_curve(step, "eval/pr_curve_iou50", recall, precision)
+    drawn = []
+    for image, det, target in kept:
+        scale_y = image.shape[-2] / target.orig_size[0]
+        scale_x = image.shape[-1] / target.orig_size[1]
+        pred_boxes = det.boxes_xyxy * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+        drawn.append(
+            draw_comparison(
+                to_uint8(image), pred_boxes, [names[int(l)] for l in det.labels], det.scores.tolist(),
+                target.boxes_xyxy, [names[int(l)] for l in target.labels], min_score=0.3,
+            )
+        )
+    logger.log_images(step, "eval/predictions", drawn)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    out_dir = Path(args.output_dir or Path("runs") / Path(args.config).stem)
+    ckpt_dir = out_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    if last_path.exists() and not args.resume:
+        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --output-dir")
+    if args.resume and not last_path.exists():
+        raise FileNotFoundError(f"--resume: {last_path} not found; start without --resume")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    setup_file_logging(out_dir / "train.log")
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+
+    train_set = build_dataset(cfg, "train")
+    val_set = build_dataset(cfg, "val") if cfg.data.val.annotations else None
+    num_classes = cfg.model.num_classes or train_set.category_map.num_classes
+    cfg = replace(cfg, **{"model.num_classes": num_classes})
+    save_config(cfg, out_dir / "config.yaml")
+
+    model = build_model(cfg).to(device)
+    criterion = build_criterion(cfg, num_classes)
+    postprocess = build_postprocess(cfg)
+    optimizer = build_optimizer(cfg.train, model)
+    scheduler = build_scheduler(cfg.train, optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    categories = [{"id": i, "name": n} for i, n in zip(train_set.category_map.category_ids, train_set.category_map.names)]
+
+    start_iter, best_ap, train_seconds = 0, -1.0, 0.0
+    if args.resume:
+        state = load_checkpoint(last_path, device)
+        load_model_weights(model, state["model"], last_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        criterion.load_state_dict(state["criterion"])
+        set_rng_state(state["rng"])
+        start_iter, best_ap, train_seconds = state["iteration"], state["best_ap"], state.get("train_seconds", 0.0)
+        log.info("resumed from %s at iteration %d", last_path, start_iter)
+    elif cfg.train.init_from:
+        skipped = load_for_finetune(model, load_checkpoint(Path(cfg.train.init_from), "cpu")["model"])
+        log.info("initialized from %s; kept fresh: %s", cfg.train.init_from, ", ".join(skipped) or "nothing")
+
+    def checkpoint(path: Path, iteration: int) -> None:
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "criterion": criterion.state_dict(),
+                "iteration": iteration,
+                "best_ap": best_ap,
+                "train_seconds": train_seconds,
+                "rng": rng_state(),
+                "config": to_dict(cfg),
+                "categories": categories,
+            },
+            path,
+        )
+
+    logger = RunLogger(out_dir)
+    stop = StopRequest()
+    stop.install()
+    accum = cfg.train.accumulate_steps
+    loader = build_train_loader(cfg, train_set, start_batch=start_iter * accum)
+    batches = iter(loader)
+    val_loader = build_val_loader(cfg, val_set) if val_set is not None else None
+    metrics: dict[str, Any] = {}
+    nonfinite_in_a_row, skipped_steps = 0, 0
+    model.train()
+    bar = tqdm(range(start_iter, cfg.train.max_iters), initial=start_iter, total=cfg.train.max_iters, dynamic_ncols=True)
+    window_start, window_images = time.perf_counter(), 0
+    for it in bar:
+        step_start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0, "num_pos": 0.0}
+        finite = True
+        for _ in range(accum):
+            batch = next(batches).to(device, non_blocking=True)
+            with autocast(device, cfg.train.amp):
+                outputs = model(batch.images)
+            losses = criterion(outputs, batch.targets)
+            if not torch.isfinite(losses["loss"]):
+                finite = False
+                break
+            scaler.scale(losses["loss"] / accum).backward()
+            for k in totals:
+                totals[k] += losses[k].detach().item() / accum
+            window_images += len(batch)
+        if not finite:
+            nonfinite_in_a_row += 1
+            skipped_steps += 1
+            log.warning("iteration %d: non-finite loss, step skipped (%d in a row)", it, nonfinite_in_a_row)
+            optimizer.zero_grad(set_to_none=True)
+            if nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"{nonfinite_in_a_row} non-finite losses in a row at iteration {it}; the last good checkpoint "
+                    f"is {last_path}. Lower train.lr, raise train.warmup_iters or set train.grad_clip"
+                )
+            scheduler.step()
+            continue
+        nonfinite_in_a_row = 0
+        scaler.unscale_(optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        if cfg.train.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        train_seconds += time.perf_counter() - step_start
+        done = it + 1
+
+        if done % cfg.train.log_every == 0 or done == cfg.train.max_iters:
+            elapsed = time.perf_counter() - window_start
+            values = {
+                **totals,
+                "lr": optimizer.param_groups[0]["lr"],
+                "pos_per_image": totals["num_pos"] / cfg.train.batch_size,
+                "grad_norm": float(grad_norm),
+                "images_per_s": window_images / max(elapsed, 1e-9),
+                "skipped_steps": skipped_steps,
+            }
+            del values["num_pos"]
+            logger.log_scalars(done, values, kind="train")
+            bar.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.1f}")
+            log.info(
+                "iter %d/%d loss %.4f cls %.4f box %.4f lr %.2e %.1f img/s",
+                done, cfg.train.max_iters, totals["loss"], totals["loss_cls"], totals["loss_box"], values["lr"],
+                values["images_per_s"],
+            )
+            window_start, window_images = time.perf_counter(), 0
+
+        final = done == cfg.train.max_iters
+        if val_loader is not None and (final or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
+            metrics = run_evaluation(cfg, model, postprocess, val_set, val_loader, device, logger, done)
+            log.info("iter %d: AP %.4f AP50 %.4f AP75 %.4f", done, metrics["AP"], metrics["AP50"], metrics["AP75"])
+            if metrics["AP"] > best_ap:
+                best_ap = metrics["AP"]
+                checkpoint(ckpt_dir / "best.pt", done)
+            model.train()
+        if final or stop.signal is not None or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
+            checkpoint(last_path, done)
+        if stop.signal is not None:
+            log.warning("stopped at iteration %d; continue with --resume", done)
+            logger.close()
+            return 130 if stop.signal == signal.SIGINT else 143
+    bar.close()
+
+    hparams = {"loss.type": cfg.loss.type, "loss.gamma": cfg.loss.gamma, "loss.alpha": cfg.loss.alpha,
+               "train.lr": cfg.train.lr, "train.max_iters": cfg.train.max_iters}
+    final_metrics = {f"hparam/{k}": metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics}
+    logger.log_hparams(hparams, final_metrics)
+    logger.close()
+    log.info("done: %d iterations in %.0fs of training; run folder %s", cfg.train.max_iters, train_seconds, out_dir)
+    print(f"run folder: {out_dir}  (tensorboard --logdir {out_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
