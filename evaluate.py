@@ -62,7 +62,7 @@ def load_results(path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
-    val_set = build_dataset(cfg, "val")
+    val_set = build_dataset(cfg, "val", args.config)
     evaluator = CocoEvaluator(val_set.coco)
 
     if args.predictions:

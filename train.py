@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from data.coco import CocoDetection
-from data.loaders import build_dataset, build_train_loader, build_val_loader
+from data.loaders import DatasetError, build_dataset, build_train_loader, build_val_loader
 from retinanet.config import Config, load_config, replace, save_config, to_dict
 from retinanet.engine import (
     autocast,
@@ -106,6 +106,19 @@ def run_evaluation(
     return metrics
 
 
+def ensure_writable(directory: Path) -> None:
+    """Fail before training, not at the first checkpoint, when the run folder cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write_test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(
+            f"--output-dir {directory.parent}: cannot write there ({exc.strerror}); choose another --output-dir"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.set)
@@ -116,13 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --output-dir")
     if args.resume and not last_path.exists():
         raise FileNotFoundError(f"--resume: {last_path} not found; start without --resume")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(ckpt_dir)
     setup_file_logging(out_dir / "train.log")
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
 
-    train_set = build_dataset(cfg, "train")
-    val_set = build_dataset(cfg, "val") if cfg.data.val.annotations else None
+    train_set = build_dataset(cfg, "train", args.config)
+    val_set = build_dataset(cfg, "val", args.config) if cfg.data.val.annotations else None
+    if val_set is not None and val_set.category_map.category_ids != train_set.category_map.category_ids:
+        raise DatasetError(
+            f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the train "
+            f"set's {train_set.category_map.category_ids[:10]}; both splits must declare the same categories"
+        )
     num_classes = cfg.model.num_classes or train_set.category_map.num_classes
     cfg = replace(cfg, **{"model.num_classes": num_classes})
     save_config(cfg, out_dir / "config.yaml")

@@ -2,12 +2,15 @@
 
 The COCO file format (`bbox_xywh`, dataset category ids) stops here; everything downstream sees
 `boxes_xyxy` in pixels and contiguous labels 0..K-1, and `CategoryMap` maps labels back for evaluation.
+The json is validated first (`data.validate`), so a bad record stops here with a report instead of
+failing later.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from data.transforms import to_tensors
+from data.validate import (
+    DatasetError,
+    InvalidRecordsError,
+    ValidationReport,
+    clean_coco,
+    load_coco_json,
+    skip_message,
+    validate_coco,
+)
 from retinanet.types import Target
 
 logger = logging.getLogger("retinanet.data")
@@ -33,8 +45,8 @@ class CategoryMap:
     """Dataset category ids (any integers, gaps allowed) <-> contiguous labels 0..K-1.
 
     Labels follow sorted category ids, so the mapping depends only on the declared categories,
-    never on which of them a split happens to use. All declared categories are kept, including
-    Roboflow's unused placeholder, so K matches the json.
+    never on which of them a split happens to use. Every category given is kept; `CocoDetection`
+    leaves out Roboflow's unused placeholder before building the map (see `data.validate`).
     """
 
     def __init__(self, categories: Sequence[Mapping[str, Any]]) -> None:
@@ -101,6 +113,10 @@ class CocoDetection(Dataset):
     Annotations are parsed and validated once here, so bad boxes are counted once and items are cheap.
     Boxes are assumed to be in the frame of the upright (EXIF-applied) image, like the json's width/height.
     Crowd boxes are kept and flagged (`iscrowd=True`); the matcher must never make them positives.
+
+    Invalid records (see `data.validate.PROBLEMS`) raise a `DatasetError` listing all of them with
+    `on_invalid="error"`; with `"skip"` they are left out (a bad image file takes its annotations
+    along) and a summary is logged. `self.coco` holds the cleaned copy, which the evaluator uses.
     """
 
     def __init__(
@@ -109,13 +125,15 @@ class CocoDetection(Dataset):
         annotations_file: str | Path,
         transforms: TransformFn | None = None,
         keep_empty: bool = True,
+        on_invalid: str = "error",
     ) -> None:
+        if on_invalid not in ("error", "skip"):
+            raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
         self.images_dir = Path(images_dir)
         self.annotations_file = Path(annotations_file)
         self.transforms = transforms
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(str(self.annotations_file))
-        self.category_map = CategoryMap(self.coco.dataset.get("categories", []))
+        self.report, self.coco = self._load_valid(on_invalid)
+        self.category_map = CategoryMap(self.coco.dataset["categories"])
 
         ids: list[int] = []
         annotations: list[_ImageAnnotations] = []
@@ -150,6 +168,36 @@ class CocoDetection(Dataset):
             self.category_map.num_classes,
         )
 
+    def _load_valid(self, on_invalid: str) -> tuple[ValidationReport, COCO]:
+        """Read and validate the json, stop or leave out the bad records, and index the cleaned copy."""
+        source = self.annotations_file
+        dataset = load_coco_json(source)
+        start = time.perf_counter()
+        report = validate_coco(dataset, self.images_dir, check_images=True)
+        logger.info(
+            "%s: checked %d images and %d annotations in %.1f s",
+            source.name, report.num_images, report.num_annotations, time.perf_counter() - start,
+        )
+        if not report.ok and on_invalid == "error":
+            raise InvalidRecordsError(report.error_message(source))
+        result = clean_coco(dataset, report)
+        if not report.ok:
+            logger.warning(skip_message(source, report, result))
+        if report.note_counts:
+            logger.warning(report.notes_message(source))
+        if not result.dataset["images"]:
+            raise DatasetError(
+                f"{source}: no image left after data.on_invalid=skip ({report.kind_counts()}){report.cause()}; "
+                "fix the records"
+            )
+        if not result.dataset["categories"]:
+            raise DatasetError(f"{source}: no valid category left ({report.kind_counts()}); fix the categories")
+        coco = COCO()
+        coco.dataset = result.dataset
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return report, coco
+
     def _parse_image(self, image_id: int) -> tuple[_ImageAnnotations, int]:
         """COCO annotations of one image -> clipped xyxy boxes and labels; returns them and the count dropped."""
         info = self.coco.imgs[image_id]
@@ -175,7 +223,11 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image_id = self.ids[index]
-        image = load_image(self.images_dir / self.coco.imgs[image_id]["file_name"])
+        path = self.images_dir / self.coco.imgs[image_id]["file_name"]
+        try:
+            image = load_image(path)
+        except OSError as exc:  # damage past the header, which start-up validation cannot see
+            raise DatasetError(f"{path}: cannot decode image {image_id} ({exc}); replace the file or remove the image") from None
         ann = self._annotations[index]
         transform = self.transforms if self.transforms is not None else to_tensors
         image_t, boxes_xyxy, labels, iscrowd = transform(image, ann.boxes_xyxy, ann.labels, ann.iscrowd)

@@ -6,34 +6,43 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from retinanet.config import Config, SplitConfig
+from retinanet.config import Config, ConfigError, SplitConfig
 
 from .coco import CocoDetection
 from .collate import aspect_ratio_group_ids, collate, seed_worker
 from .sampler import SeededDataset, TrainBatchSampler
 from .transforms import build_transforms
+from .validate import DatasetError
+
+__all__ = ["DatasetError", "build_dataset", "build_train_loader", "build_val_loader"]
 
 
-class DatasetError(RuntimeError):
-    """A dataset that cannot be used; the message names the file and the fix."""
-
-
-def build_dataset(cfg: Config, split: str) -> CocoDetection:
+def build_dataset(cfg: Config, split: str, source: str = "config") -> CocoDetection:
+    """The train or val dataset; path and augmentation mistakes are ConfigErrors naming `source` and the key."""
     paths: SplitConfig = getattr(cfg.data, split)
     for key, value in (("images", paths.images), ("annotations", paths.annotations)):
         if not value:
-            raise DatasetError(f"data.{split}.{key} is not set; set it in the config or with --set data.{split}.{key}=PATH")
+            raise ConfigError(f"{source}: data.{split}.{key} is not set; set it or pass --set data.{split}.{key}=PATH")
         if not Path(value).exists():
-            raise DatasetError(f"data.{split}.{key}: {value} does not exist; check the path")
+            raise ConfigError(f"{source}: data.{split}.{key}: {value} does not exist; check the path")
     train = split == "train"
-    transforms = build_transforms(
-        train=train,
-        min_size=cfg.input.min_size if train else cfg.input.test_min_size,
-        max_size=cfg.input.max_size,
-        augmentations=cfg.data.augmentations,
-        min_visibility=cfg.data.min_visibility,
+    try:
+        transforms = build_transforms(
+            train=train,
+            min_size=cfg.input.min_size if train else cfg.input.test_min_size,
+            max_size=cfg.input.max_size,
+            augmentations=cfg.data.augmentations,
+            min_visibility=cfg.data.min_visibility,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{source}: data.augmentations: {exc}") from None
+    return CocoDetection(
+        paths.images,
+        paths.annotations,
+        transforms,
+        keep_empty=cfg.data.keep_empty or not train,
+        on_invalid=cfg.data.on_invalid,
     )
-    return CocoDetection(paths.images, paths.annotations, transforms, keep_empty=cfg.data.keep_empty or not train)
 
 
 def build_train_loader(

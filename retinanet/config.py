@@ -188,6 +188,9 @@ class DataConfig:
     augmentations: tuple[dict, ...] = ({"name": "HorizontalFlip", "p": 0.5},)
     min_visibility: float = 0.0
     aspect_ratio_grouping: bool = True
+    # Invalid records (bad boxes, unknown or duplicate ids, unreadable image files): "error" stops
+    # at start-up with a report of all of them; "skip" leaves them out and logs a summary.
+    on_invalid: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")

@@ -117,10 +117,17 @@ def save_checkpoint(state: dict[str, Any], path: Path, keep_previous: bool = Tru
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"{path}: could not write the checkpoint ({str(exc).splitlines()[0][:100]}); the previous checkpoint "
+            "is intact; free disk space and continue with --resume"
+        ) from None
     if keep_previous and path.exists():
         prev = path.with_name(path.stem + ".prev.pt")
         prev_tmp = path.with_name(f".{prev.name}.tmp")

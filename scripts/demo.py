@@ -20,7 +20,7 @@ CONFIG = "configs/demo_cpu.yaml"
 
 def main() -> int:
     start = time.time()
-    make_dataset(REPO / "datasets" / "synthetic", seed=0, num_train=600, num_val=150, image_size=128)
+    make_dataset(REPO / "datasets" / "synthetic", seed=0, num_train=3000, num_val=300, image_size=128)
     run_dir = REPO / "runs" / f"demo_cpu-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"[1/2] training {CONFIG} -> {run_dir}")
     code = run_cli(lambda: train.main(["--config", CONFIG, "--output-dir", str(run_dir)]))

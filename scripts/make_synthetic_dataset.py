@@ -185,8 +185,8 @@ def _is_complete(output_dir: Path, split: str, seed: int, num_images: int, image
 def make_dataset(
     output_dir: str | Path,
     seed: int = 0,
-    num_train: int = 600,
-    num_val: int = 150,
+    num_train: int = 3000,
+    num_val: int = 300,
     image_size: int = 128,
     force: bool = False,
 ) -> None:
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, type=Path, help="dataset folder to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=600)
-    parser.add_argument("--num-val", type=int, default=150)
+    parser.add_argument("--num-train", type=int, default=3000)
+    parser.add_argument("--num-val", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--force", action="store_true", help="regenerate even if the output is complete")
     args = parser.parse_args(argv)

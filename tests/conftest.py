@@ -1,11 +1,13 @@
 """Shared fixtures: tiny models and configs that run in well under a second on 2 CPU cores."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
+import train
 from retinanet.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,3 +35,59 @@ def _seed() -> None:
 @pytest.fixture
 def tiny_cfg() -> Config:
     return load_config(None, TINY_OVERRIDES)
+
+
+TINY_MODEL = [
+    "model.backbone.name=resnet18",
+    "model.fpn.channels=32",
+    "model.head.channels=32",
+    "model.head.num_convs=1",
+    "model.head.norm=none",
+    "data.num_workers=0",
+    "train.batch_size=4",
+    "train.log_every=1",
+    "train.warmup_iters=0",
+    "train.schedule=constant",
+    "eval.batch_size=8",
+    "eval.num_vis_images=2",
+]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    load_script("make_synthetic_dataset").make_dataset(root, seed=1, num_train=16, num_val=8, image_size=64)
+    return root
+
+
+def synthetic_overrides(root: Path) -> list[str]:
+    return [
+        f"data.train.images={root / 'train'}",
+        f"data.train.annotations={root / 'annotations' / 'instances_train.json'}",
+        f"data.val.images={root / 'val'}",
+        f"data.val.annotations={root / 'annotations' / 'instances_val.json'}",
+        "input.min_size=[64]",
+        "input.max_size=64",
+        *TINY_MODEL,
+    ]
+
+
+def run_train(out: Path, overrides: list[str], resume: bool = False) -> int:
+    args = ["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--output-dir", str(out)]
+    args += ["--set", *overrides] if overrides else []
+    return train.main(args + (["--resume"] if resume else []))
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "demo"
+    sets = synthetic_overrides(synthetic) + ["train.max_iters=4", "train.eval_every=2", "train.checkpoint_every=2"]
+    assert run_train(out, sets) == 0
+    return out

@@ -1,7 +1,6 @@
 """End-to-end: train.py, evaluate.py and scripts/predict.py on small real files."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,65 +12,8 @@ import torch
 import yaml
 
 import evaluate
-import train
 from retinanet.config import load_config
-from tests.conftest import REPO, SHARED_TINY_COCO
-
-TINY_MODEL = [
-    "model.backbone.name=resnet18",
-    "model.fpn.channels=32",
-    "model.head.channels=32",
-    "model.head.num_convs=1",
-    "model.head.norm=none",
-    "data.num_workers=0",
-    "train.batch_size=4",
-    "train.log_every=1",
-    "train.warmup_iters=0",
-    "train.schedule=constant",
-    "eval.batch_size=8",
-    "eval.num_vis_images=2",
-]
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def synthetic(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    _load_script("make_synthetic_dataset").make_dataset(root, seed=1, num_train=16, num_val=8, image_size=64)
-    return root
-
-
-def _synthetic_overrides(root: Path) -> list[str]:
-    return [
-        f"data.train.images={root / 'train'}",
-        f"data.train.annotations={root / 'annotations' / 'instances_train.json'}",
-        f"data.val.images={root / 'val'}",
-        f"data.val.annotations={root / 'annotations' / 'instances_val.json'}",
-        "input.min_size=[64]",
-        "input.max_size=64",
-        *TINY_MODEL,
-    ]
-
-
-def _train(out: Path, overrides: list[str], resume: bool = False) -> int:
-    args = ["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--output-dir", str(out)]
-    args += ["--set", *overrides] if overrides else []
-    return train.main(args + (["--resume"] if resume else []))
-
-
-@pytest.fixture(scope="session")
-def trained_run(synthetic, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "demo"
-    sets = _synthetic_overrides(synthetic) + ["train.max_iters=4", "train.eval_every=2", "train.checkpoint_every=2"]
-    assert _train(out, sets) == 0
-    return out
-
+from tests.conftest import REPO, SHARED_TINY_COCO, TINY_MODEL, load_script, run_train, synthetic_overrides
 
 def test_run_folder_contents(trained_run: Path) -> None:
     for name in ("config.yaml", "train.log", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
@@ -126,7 +68,7 @@ def test_evaluate_ground_truth_as_predictions_gives_ap_one(synthetic: Path, tmp_
     (tmp_path / "results.json").write_text(json.dumps(results))
     code = evaluate.main(
         ["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--predictions", str(tmp_path / "results.json"),
-         "--set", *_synthetic_overrides(synthetic)]
+         "--set", *synthetic_overrides(synthetic)]
     )
     assert code == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -134,16 +76,19 @@ def test_evaluate_ground_truth_as_predictions_gives_ap_one(synthetic: Path, tmp_
     assert metrics["AP50"] == pytest.approx(1.0, abs=1e-9)
 
 
-def test_resume_continues_exactly(synthetic: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_continues_exactly(synthetic: Path, tmp_path: Path, workers: int) -> None:
     """Kill after checkpoint 2 (simulated with the kept previous checkpoint), resume, end equal."""
-    sets = _synthetic_overrides(synthetic) + ["train.max_iters=4", "train.eval_every=0", "train.checkpoint_every=2"]
+    sets = synthetic_overrides(synthetic) + [
+        "train.max_iters=4", "train.eval_every=0", "train.checkpoint_every=2", f"data.num_workers={workers}"
+    ]
     full = tmp_path / "full"
-    assert _train(full, sets) == 0
+    assert run_train(full, sets) == 0
     interrupted = tmp_path / "interrupted"
     (interrupted / "checkpoints").mkdir(parents=True)
     shutil.copy(full / "checkpoints" / "last.prev.pt", interrupted / "checkpoints" / "last.pt")
     assert torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2
-    assert _train(interrupted, sets, resume=True) == 0
+    assert run_train(interrupted, sets, resume=True) == 0
     lines = [json.loads(l) for l in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines if l["kind"] == "train"] == [3, 4]
     a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
@@ -155,11 +100,11 @@ def test_resume_continues_exactly(synthetic: Path, tmp_path: Path) -> None:
 
 def test_refuses_to_overwrite_a_run(trained_run: Path) -> None:
     with pytest.raises(FileExistsError, match="--resume"):
-        _train(trained_run, [])
+        run_train(trained_run, [])
 
 
 def test_predict_script(trained_run: Path, synthetic: Path, tmp_path: Path) -> None:
-    predict = _load_script("predict")
+    predict = load_script("predict")
     code = predict.main(
         ["--checkpoint", str(trained_run / "checkpoints" / "last.pt"), "--input", str(synthetic / "val"),
          "--output-dir", str(tmp_path), "--score-thresh", "0.0"]
@@ -195,7 +140,7 @@ def test_tiny_coco_real_photos(tmp_path: Path) -> None:
         *TINY_MODEL,
     ]
     out = tmp_path / "tiny_coco"
-    assert _train(out, sets) == 0
+    assert run_train(out, sets) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["num_classes"] == 80  # K from the declared categories, ids 1..90 with gaps
     code = evaluate.main(

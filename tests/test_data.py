@@ -97,7 +97,7 @@ def tiny_dataset(tmp_path: Path) -> tuple[Path, Path]:
         ann(id=2, image_id=11, category_id=2, bbox=[5, 5, 20, 20], iscrowd=1),
         ann(id=3, image_id=11, category_id=2, bbox=[30, 20, 20, 20]),  # clipped to (30, 20, 40, 30)
         ann(id=4, image_id=11, category_id=5, bbox=[1, 1, 0.5, 5]),  # width < 1: dropped
-        ann(id=5, image_id=11, category_id=5, bbox=[45, 1, 5, 5]),  # outside: width 0 after clipping
+        ann(id=5, image_id=11, category_id=5, bbox=[39.5, 1, 5, 5]),  # width 0.5 after clipping: dropped
         ann(id=6, image_id=7, category_id=2, bbox=[0, 0, 5, 5], iscrowd=1),  # crowd only
         ann(id=7, image_id=9, category_id=9, bbox=[-3, 2, 6, 4]),  # clipped to (0, 2, 3, 6)
         ann(id=8, image_id=20, category_id=9, bbox=[1, 12, 4, 6]),
