@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data.coco import CocoDetection
 from data.loaders import DatasetError, build_dataset, build_train_loader, build_val_loader
-from retinanet.config import Config, load_config, replace, save_config, to_dict
+from retinanet.config import Config, ConfigError, load_config, replace, save_config, to_dict
 from retinanet.engine import (
     autocast,
     build_optimizer,
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_writable(ckpt_dir)
     setup_file_logging(out_dir / "train.log")
     device = resolve_device(cfg.train.device)
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"{args.config}: train.amp: fp16 needs a CUDA device, this run is on {device}; use bf16")
     torch.manual_seed(cfg.train.seed)
 
     train_set = build_dataset(cfg, "train", args.config)
@@ -204,13 +206,16 @@ def main(argv: list[str] | None = None) -> int:
         totals = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0, "num_pos": 0.0}
         finite = True
         for _ in range(accum):
-            batch = next(batches).to(device, non_blocking=True)
+            batch = next(batches)  # drawn even after a non-finite micro-batch: resume expects it * accum batches
+            if not finite:
+                continue
+            batch = batch.to(device, non_blocking=True)
             with autocast(device, cfg.train.amp):
                 outputs = model(batch.images)
             losses = criterion(outputs, batch.targets)
             if not torch.isfinite(losses["loss"]):
                 finite = False
-                break
+                continue
             scaler.scale(losses["loss"] / accum).backward()
             for k in totals:
                 totals[k] += losses[k].detach().item() / accum

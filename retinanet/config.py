@@ -129,7 +129,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    type: Literal["focal"] = "focal"
+    # focal; bce = alpha-balanced cross-entropy (focal with gamma 0, the paper's CE baseline);
+    # ohem = gamma-0 loss over the hardest anchors per image. Head, prior and normalizer are shared.
+    type: Literal["focal", "bce", "ohem"] = "focal"
     gamma: float = 2.0
     # alpha < 0 turns alpha weighting off (torchvision's convention).
     alpha: float = 0.25
@@ -138,9 +140,19 @@ class LossConfig:
     box_weight: float = 1.0
     # 0 divides by this batch's positive count; in (0, 1) divides by an EMA of it (detectron2 uses 0.9).
     normalizer_momentum: float = 0.0
+    # Positive targets become 1 - label_smoothing; negatives stay 0. 0 = off.
+    label_smoothing: float = 0.0
+    # OHEM: examples per image, negatives per positive (0 = no ratio), NMS IoU over examples (0 = off).
+    ohem_batch_size: int = 256
+    ohem_neg_pos_ratio: float = 3.0
+    ohem_nms: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.gamma >= 0, "gamma", "must be >= 0")
+        _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+        _check(self.ohem_batch_size > 0, "ohem_batch_size", "must be > 0")
+        _check(self.ohem_neg_pos_ratio >= 0, "ohem_neg_pos_ratio", "must be >= 0 (0 = no ratio)")
+        _check(0.0 <= self.ohem_nms <= 1.0, "ohem_nms", "must be in [0, 1] (0 = off)")
         _check(-1.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1], or negative (-1) to turn alpha weighting off")
         _check(self.smooth_l1_beta >= 0, "smooth_l1_beta", "must be >= 0")
         _check(self.box_weight >= 0, "box_weight", "must be >= 0")

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import generalized_box_iou_loss
+from torchvision.ops import generalized_box_iou_loss, nms
 
 from .box_coder import BoxCoder
-from .matcher import Matcher
+from .matcher import IGNORE, Matcher
 from .types import HeadOutputs, Target
 
 IGNORE_LABEL = -1
@@ -67,9 +67,21 @@ class DetectionLoss:
         smooth_l1_beta: float = 0.1,
         box_weight: float = 1.0,
         normalizer_momentum: float = 0.0,
+        cls_loss: str = "focal",
+        label_smoothing: float = 0.0,
+        ohem_batch_size: int = 256,
+        ohem_neg_pos_ratio: float = 3.0,
+        ohem_nms: float = 0.0,
     ):
         if box_loss not in ("smooth_l1", "l1", "giou"):
             raise ValueError(f"box_loss must be smooth_l1, l1 or giou, got {box_loss!r}")
+        if cls_loss not in ("focal", "bce", "ohem"):
+            raise ValueError(f"cls_loss must be focal, bce or ohem, got {cls_loss!r}")
+        self.cls_loss = cls_loss
+        self.label_smoothing = label_smoothing
+        self.ohem_batch_size = ohem_batch_size
+        self.ohem_neg_pos_ratio = ohem_neg_pos_ratio
+        self.ohem_nms = ohem_nms
         self.num_classes = num_classes
         self.matcher = matcher
         self.box_coder = box_coder
@@ -100,7 +112,7 @@ class DetectionLoss:
             else:
                 lab = torch.full_like(idx, self.num_classes)
                 matched = torch.zeros_like(anchors)
-            lab = torch.where(idx == -2, torch.full_like(lab, IGNORE_LABEL), lab)
+            lab = torch.where(idx == IGNORE, torch.full_like(lab, IGNORE_LABEL), lab)
             labels.append(lab)
             boxes.append(matched)
         return torch.stack(labels), torch.stack(boxes)
@@ -115,9 +127,7 @@ class DetectionLoss:
         normalizer = self._normalizer(num_pos)
 
         with torch.autocast(device_type=anchors.device.type, enabled=False):
-            logits = outputs.cls_logits[valid].float()  # (V, K)
-            onehot = F.one_hot(labels[valid], self.num_classes + 1)[:, : self.num_classes].to(logits.dtype)
-            loss_cls = sigmoid_focal_loss(logits, onehot, self.alpha, self.gamma, reduction="sum") / normalizer
+            loss_cls = self.classification_loss(outputs, labels, valid, pos) / normalizer
 
             deltas = outputs.box_deltas[pos].float()  # (P, 4)
             pos_anchors = anchors.float()[None].expand_as(matched_boxes)[pos]  # (P, 4)
@@ -133,6 +143,55 @@ class DetectionLoss:
             loss_box = self.box_weight * loss_box / normalizer
         return {"loss": loss_cls + loss_box, "loss_cls": loss_cls, "loss_box": loss_box, "num_pos": num_pos}
 
+    def classification_loss(self, outputs: HeadOutputs, labels: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
+        """Summed classification loss; only this part differs between loss types.
+
+        focal: sigmoid focal loss over all non-ignored anchors. bce: the same with gamma 0
+        (alpha-balanced cross-entropy, the paper's baseline). ohem: gamma-0 loss over the hardest
+        anchors of each image only (see `ohem_select`).
+        """
+        logits = outputs.cls_logits[valid].float()  # (V, K)
+        targets = F.one_hot(labels[valid], self.num_classes + 1)[:, : self.num_classes].to(logits.dtype)  # (V, K)
+        if self.label_smoothing > 0:
+            targets = targets * (1.0 - self.label_smoothing)  # positives only: 1 -> 1 - eps
+        gamma = self.gamma if self.cls_loss == "focal" else 0.0
+        if self.cls_loss != "ohem":
+            return sigmoid_focal_loss(logits, targets, self.alpha, gamma, reduction="sum")
+        per_anchor = logits.new_zeros(labels.shape)  # (N, R)
+        per_anchor[valid] = sigmoid_focal_loss(logits, targets, self.alpha, 0.0).sum(dim=1)
+        selected = self.ohem_select(per_anchor.detach(), valid, pos, outputs)
+        return per_anchor[selected].sum()
+
+    def ohem_select(self, loss: Tensor, valid: Tensor, pos: Tensor, outputs: HeadOutputs) -> Tensor:
+        """(N, R) mask of the anchors OHEM trains on: per image, the highest-loss examples.
+
+        With `ohem_neg_pos_ratio` r > 0: every positive (up to the budget) plus the r * max(P, 1)
+        hardest negatives, within `ohem_batch_size` per image. With r = 0: the `ohem_batch_size`
+        hardest examples regardless of label. `ohem_nms` > 0 first suppresses examples whose
+        predicted boxes overlap a harder one (the paper's Table 1d uses 0.7).
+        """
+        score = loss.masked_fill(~valid, float("-inf"))  # (N, R)
+        if self.ohem_nms > 0:
+            boxes = self.box_coder.decode(outputs.box_deltas.detach().float(), outputs.anchors.float()[None])
+            keep = torch.zeros_like(valid)
+            for i in range(score.shape[0]):
+                cand = torch.nonzero(valid[i]).squeeze(1)
+                kept = nms(boxes[i, cand], score[i, cand], self.ohem_nms)
+                keep[i, cand[kept]] = True
+            score = score.masked_fill(~keep, float("-inf"))
+        budget = self.ohem_batch_size
+        if self.ohem_neg_pos_ratio <= 0:
+            return (_rank(score) < budget) & torch.isfinite(score)
+        neg = valid & ~pos
+        num_pos = (pos & torch.isfinite(score)).sum(dim=1, keepdim=True)  # (N, 1)
+        pos_quota = num_pos.clamp(max=budget)
+        neg_quota = (self.ohem_neg_pos_ratio * num_pos.clamp(min=1)).floor().long().clamp(max=budget - pos_quota)
+        pos_score = score.masked_fill(~pos, float("-inf"))
+        neg_score = score.masked_fill(~neg, float("-inf"))
+        take_pos = (_rank(pos_score) < pos_quota) & torch.isfinite(pos_score)
+        take_neg = (_rank(neg_score) < neg_quota) & torch.isfinite(neg_score)
+        return take_pos | take_neg
+
     def _normalizer(self, num_pos: Tensor) -> float | Tensor:
         count = num_pos.clamp(min=1).float()
         if self.normalizer_momentum <= 0:
@@ -140,3 +199,11 @@ class DetectionLoss:
         m = self.normalizer_momentum
         self.ema_normalizer = m * self.ema_normalizer + (1 - m) * float(count)
         return self.ema_normalizer
+
+
+def _rank(score: Tensor) -> Tensor:
+    """(N, R) -> position of every entry in its row sorted by decreasing score (0 = highest)."""
+    order = score.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(score.shape[1], device=score.device).expand_as(order))
+    return rank

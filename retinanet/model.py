@@ -92,6 +92,8 @@ def build_box_coder(cfg: Config) -> BoxCoder:
 
 def build_criterion(cfg: Config, num_classes: int) -> DetectionLoss:
     mc, lc = cfg.model.matcher, cfg.loss
+    if lc.type == "focal" and lc.gamma > 5:
+        log.warning("loss.gamma=%g: the paper reports focal loss degrading above gamma 5", lc.gamma)
     return DetectionLoss(
         num_classes,
         Matcher(mc.fg_iou, mc.bg_iou, mc.allow_low_quality),
@@ -102,6 +104,11 @@ def build_criterion(cfg: Config, num_classes: int) -> DetectionLoss:
         smooth_l1_beta=lc.smooth_l1_beta,
         box_weight=lc.box_weight,
         normalizer_momentum=lc.normalizer_momentum,
+        cls_loss=lc.type,
+        label_smoothing=lc.label_smoothing,
+        ohem_batch_size=lc.ohem_batch_size,
+        ohem_neg_pos_ratio=lc.ohem_neg_pos_ratio,
+        ohem_nms=lc.ohem_nms,
     )
 
 

@@ -39,6 +39,8 @@ def _cases(tmp: Path, syn: Path) -> list[tuple[str, list[str], int, str]]:
          f"{DEMO} + --set: input.min_size: must be <= max_size"),
         ("IoU thresholds out of order", ["--config", DEMO, "--set", "model.matcher.bg_iou=0.7"], 2,
          f"{DEMO} + --set: model.matcher.bg_iou: needs 0 <= bg_iou <= fg_iou <= 1"),
+        ("fp16 on CPU", ["--config", DEMO, "--output-dir", str(tmp / "fp16"), "--set", *data, "train.amp=fp16",
+                         "train.device=cpu"], 2, f"{DEMO}: train.amp: fp16 needs a CUDA device"),
         ("config file missing", ["--config", str(tmp / "nope.yaml")], 2, f"{tmp / 'nope.yaml'}: config file not found"),
         ("malformed YAML", ["--config", _write(tmp / "m.yaml", "train: [1, 2\n")], 2, f"{tmp / 'm.yaml'}: line"),
         ("cyclic _base_", ["--config", str(cyc_a)], 2, f"{cyc_a.resolve()}: cyclic _base_ chain"),
