@@ -18,7 +18,7 @@ from typing import Any
 
 from data.loaders import DatasetError, build_dataset, build_val_loader
 from retinanet.config import load_config, replace
-from retinanet.engine import evaluate, load_checkpoint, load_model_weights, resolve_device
+from retinanet.engine import check_amp, evaluate, load_checkpoint, load_model_weights, resolve_device
 from retinanet.errors import run_cli
 from retinanet.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.model import build_model, build_postprocess
@@ -65,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     val_set = build_dataset(cfg, "val", args.config)
     evaluator = CocoEvaluator(val_set.coco)
 
+    default_dir = Path(args.predictions).parent if args.predictions else Path(args.checkpoint).parent.parent
+    out_dir = Path(args.output_dir or default_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if args.predictions:
-        out_dir = Path(args.output_dir or Path(args.predictions).parent)
         evaluator.update(load_results(Path(args.predictions)))
         metrics = evaluator.compute()
     else:
         ckpt_path = Path(args.checkpoint)
-        out_dir = Path(args.output_dir or ckpt_path.parent.parent)
+        device = resolve_device(cfg.train.device)
+        check_amp(cfg.train.amp, device, args.config)
         state = load_checkpoint(ckpt_path)
         ckpt_ids = [c["id"] for c in state.get("categories", [])]
         if ckpt_ids and ckpt_ids != val_set.category_map.category_ids:
@@ -79,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the "
                 f"checkpoint's {ckpt_ids[:10]}; evaluate on a set with the training categories"
             )
-        device = resolve_device(cfg.train.device)
         cfg = replace(cfg, **{"model.num_classes": len(ckpt_ids) or val_set.category_map.num_classes})
         model = build_model(cfg).to(device)
         load_model_weights(model, state["model"], ckpt_path)
@@ -87,11 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             model, build_postprocess(cfg), build_val_loader(cfg, val_set), evaluator,
             val_set.category_map.category_ids, device, cfg.train.amp,
         )
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "detections.json").write_text(json.dumps(results))
         log.info("wrote %d detections to %s", len(results), out_dir / "detections.json")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics_for_file(metrics), indent=2))
     print(format_metrics_table(metrics))
     print(f"metrics: {out_dir / 'metrics.json'}")

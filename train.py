@@ -15,17 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from data.coco import CocoDetection
 from data.loaders import DatasetError, build_dataset, build_train_loader, build_val_loader
-from retinanet.config import Config, ConfigError, load_config, replace, save_config, to_dict
+from retinanet.config import Config, load_config, replace, save_config, to_dict
 from retinanet.engine import (
     autocast,
     build_optimizer,
     build_scheduler,
+    check_amp,
     evaluate,
     load_checkpoint,
     load_for_finetune,
@@ -39,7 +39,8 @@ from retinanet.errors import run_cli
 from retinanet.evaluator import CocoEvaluator
 from retinanet.logger import RunLogger, setup_file_logging
 from retinanet.model import build_criterion, build_model, build_postprocess
-from retinanet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from retinanet.postprocess import rescale_boxes
+from retinanet.preprocess import denormalize
 from retinanet.visualize import draw_comparison
 
 log = logging.getLogger("retinanet")
@@ -72,13 +73,6 @@ class StopRequest:
         log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """A normalized (3, H, W) network input back to a displayable uint8 HWC array."""
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return ((image.float().cpu() * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-
-
 def run_evaluation(
     cfg: Config, model, postprocess, val_set: CocoDetection, val_loader, device, logger: RunLogger, step: int
 ) -> dict[str, Any]:
@@ -93,12 +87,11 @@ def run_evaluation(
     logger.log_pr_curve(step, "eval/pr_curve_iou50", recall, precision)
     drawn = []
     for image, det, target in kept:
-        scale_y = image.shape[-2] / target.orig_size[0]
-        scale_x = image.shape[-1] / target.orig_size[1]
-        pred_boxes = det.boxes_xyxy * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+        pred_boxes = rescale_boxes(det.boxes_xyxy, target.orig_size, tuple(image.shape[-2:]))
+        pixels = (denormalize(image.float().cpu()).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
         drawn.append(
             draw_comparison(
-                to_uint8(image), pred_boxes, [names[int(l)] for l in det.labels], det.scores.tolist(),
+                pixels, pred_boxes, [names[int(l)] for l in det.labels], det.scores.tolist(),
                 target.boxes_xyxy, [names[int(l)] for l in target.labels], min_score=0.3,
             )
         )
@@ -132,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_writable(ckpt_dir)
     setup_file_logging(out_dir / "train.log")
     device = resolve_device(cfg.train.device)
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError(f"{args.config}: train.amp: fp16 needs a CUDA device, this run is on {device}; use bf16")
+    check_amp(cfg.train.amp, device, args.config)
     torch.manual_seed(cfg.train.seed)
 
     train_set = build_dataset(cfg, "train", args.config)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .evaluator import CocoEvaluator, detections_to_coco
 from .postprocess import PostProcess
 from .types import Detections
@@ -30,12 +30,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_amp(amp: str, device: torch.device, source: str) -> None:
+    """bf16 works on CPU and GPU; fp16 needs a GPU (and a GradScaler). Checked once at start-up."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"{source}: train.amp: fp16 needs a CUDA device, this run is on {device}; use bf16")
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16 works on CPU and GPU; fp16 only on GPU (with a GradScaler). Losses stay float32 regardless."""
+    """Mixed precision for the model's forward pass; losses stay float32 regardless."""
     if amp == "none":
         return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 

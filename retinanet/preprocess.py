@@ -44,6 +44,13 @@ def normalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequenc
     return (image - m) / s
 
 
+def denormalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """The inverse of `normalize`, for drawing network inputs."""
+    m = torch.as_tensor(mean, dtype=image.dtype, device=image.device)[:, None, None]
+    s = torch.as_tensor(std, dtype=image.dtype, device=image.device)[:, None, None]
+    return image * s + m
+
+
 def pad_batch(images: Sequence[Tensor], size_divisible: int = 32) -> tuple[Tensor, list[tuple[int, int]]]:
     """Zero-pad (3, H, W) images bottom/right into one (N, 3, Hp, Wp) tensor, Hp/Wp multiples of size_divisible.
 

@@ -22,6 +22,8 @@ from retinanet.config import from_dict
 from retinanet.detector import Detector
 from retinanet.engine import load_checkpoint, load_model_weights, resolve_device
 from retinanet.errors import run_cli
+from retinanet.evaluator import detections_to_coco
+from retinanet.types import Detections
 from retinanet.visualize import draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -63,25 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in categories]
+    category_ids = [c["id"] for c in categories]
     records = []
     for image_id, path in enumerate(list_images(Path(args.input))):
         image = load_image(path)
         tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
         det = detector([tensor])[0]
         keep = det["scores"] >= args.score_thresh
-        boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
-        drawn = draw_detections(image, boxes, [names[int(l)] for l in labels], scores.tolist())
+        kept = Detections(det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu())
+        drawn = draw_detections(image, kept.boxes_xyxy, [names[int(l)] for l in kept.labels], kept.scores.tolist())
         Image.fromarray(drawn).save(out_dir / f"{path.stem}.png")
-        for b, s, l in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-            records.append(
-                {
-                    "image_id": image_id,
-                    "file_name": path.name,
-                    "category_id": categories[l]["id"],
-                    "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
-                    "score": round(s, 5),
-                }
-            )
+        records += [{**r, "file_name": path.name} for r in detections_to_coco(image_id, kept, category_ids)]
         print(f"{path.name}: {int(keep.sum())} detections")
     (out_dir / "detections.json").write_text(json.dumps(records))
     print(f"wrote {out_dir}/ (drawn images and detections.json)")

@@ -449,3 +449,11 @@ def test_train_resize_matches_detector_resize() -> None:
         image = np.zeros((h, w, 3), dtype=np.uint8)
         ours = build_transforms(False, 512, 683)(image, np.zeros((0, 4)), np.zeros(0), np.zeros(0))[0]
         assert ours.shape == resize_image(torch.zeros(3, h, w), 512, 683).shape, (h, w)
+
+
+def test_denormalize_inverts_normalize() -> None:
+    from retinanet.preprocess import denormalize
+
+    image = torch.rand(3, 5, 7)
+    torch.testing.assert_close(denormalize(normalize(image)), image)
+    assert not torch.allclose(normalize(image), image)
