@@ -18,7 +18,7 @@ from typing import Any
 
 from data.loaders import DatasetError, build_dataset, build_val_loader
 from retinanet.config import load_config, replace
-from retinanet.engine import check_amp, evaluate, load_checkpoint, load_model_weights, resolve_device
+from retinanet.engine import check_amp, evaluate, load_checkpoint, load_model_weights, place_model, resolve_device
 from retinanet.errors import run_cli
 from retinanet.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.model import build_model, build_postprocess
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"checkpoint's {ckpt_ids[:10]}; evaluate on a set with the training categories"
             )
         cfg = replace(cfg, **{"model.num_classes": len(ckpt_ids) or val_set.category_map.num_classes})
-        model = build_model(cfg).to(device)
+        model = place_model(build_model(cfg), device, cfg.train.channels_last)
         load_model_weights(model, state["model"], ckpt_path)
         metrics, results, _ = evaluate(
             model, build_postprocess(cfg), build_val_loader(cfg, val_set), evaluator,

@@ -30,6 +30,7 @@ from retinanet.engine import (
     load_checkpoint,
     load_for_finetune,
     load_model_weights,
+    place_model,
     resolve_device,
     rng_state,
     save_checkpoint,
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, **{"model.num_classes": num_classes})
     save_config(cfg, out_dir / "config.yaml")
 
-    model = build_model(cfg).to(device)
+    model = place_model(build_model(cfg), device, cfg.train.channels_last)
     criterion = build_criterion(cfg, num_classes)
     postprocess = build_postprocess(cfg)
     optimizer = build_optimizer(cfg.train, model)
