@@ -3,11 +3,13 @@
     python train.py --config configs/demo_cpu.yaml [--output-dir DIR] [--resume] [--set KEY=VALUE ...]
 
 Writes into the output directory: config.yaml (the resolved config), train.log, metrics.jsonl,
-TensorBoard event files, checkpoints/last.pt and checkpoints/best.pt.
+TensorBoard event files, checkpoints/last.pt and checkpoints/best.pt, and at the end MODEL_CARD.md
+(with model_card.json) and operating_point.json (the max-F1 score thresholds on val).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -16,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data.coco import CocoDetection
 from data.loaders import DatasetError, build_dataset, build_train_loader, build_val_loader
-from retinanet.config import Config, load_config, replace, save_config, to_dict
+from retinanet import distributed
+from retinanet.config import Config, ConfigError, load_config, replace, save_config, to_dict
 from retinanet.engine import (
+    CheckpointError,
     autocast,
     build_optimizer,
     build_scheduler,
@@ -40,6 +45,7 @@ from retinanet.errors import run_cli
 from retinanet.evaluator import CocoEvaluator
 from retinanet.logger import RunLogger, setup_file_logging
 from retinanet.model import build_criterion, build_model, build_postprocess
+from retinanet.model_card import finish_training_run
 from retinanet.postprocess import rescale_boxes
 from retinanet.preprocess import denormalize
 from retinanet.visualize import draw_comparison
@@ -75,14 +81,17 @@ class StopRequest:
 
 
 def run_evaluation(
-    cfg: Config, model, postprocess, val_set: CocoDetection, val_loader, device, logger: RunLogger, step: int
+    cfg: Config, model, postprocess, val_set: CocoDetection, val_loader, device, logger: RunLogger, step: int,
+    evaluator: CocoEvaluator | None = None,
 ) -> dict[str, Any]:
-    evaluator = CocoEvaluator(val_set.coco)
+    evaluator = evaluator if evaluator is not None else CocoEvaluator(val_set.coco, backend=cfg.eval.backend)
     names = val_set.category_map.names
     metrics, _, kept = evaluate(
         model, postprocess, val_loader, evaluator, val_set.category_map.category_ids, device, cfg.train.amp,
         keep_images=cfg.eval.num_vis_images,
     )
+    if not distributed.is_main_process():
+        return metrics
     logger.log_eval(step, metrics)
     recall, precision = evaluator.pr_curve(iou=0.5)
     logger.log_pr_curve(step, "eval/pr_curve_iou50", recall, precision)
@@ -113,19 +122,60 @@ def ensure_writable(directory: Path) -> None:
         ) from None
 
 
+def prepare_run_folder(out_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a run, check --resume and writability, then log to train.log (rank 0 only)."""
+    last_path = out_dir / "checkpoints" / "last.pt"
+    if last_path.exists() and not resume:
+        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --output-dir")
+    if resume and not last_path.exists():
+        raise FileNotFoundError(f"--resume: {last_path} not found; start without --resume")
+    ensure_writable(out_dir / "checkpoints")
+    setup_file_logging(out_dir / "train.log")
+
+
+def read_on_main(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """A checkpoint read by rank 0 and sent to every rank, so other nodes need no copy of the run folder."""
+    state, error = None, None
+    if distributed.is_main_process():
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            error = exc
+    distributed.raise_from_main(error)
+    return distributed.broadcast_object(state)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return train(args)
+    finally:
+        distributed.cleanup()
+
+
+def train(args: argparse.Namespace) -> int:
+    """One process of a run: the only one under plain python, one of WORLD_SIZE under torchrun."""
     cfg = load_config(args.config, args.set)
+    device = distributed.init_from_env(resolve_device(cfg.train.device))
+    world, rank, main_process = distributed.get_world_size(), distributed.get_rank(), distributed.is_main_process()
+    distributed.quiet_other_ranks()
+    if cfg.train.batch_size % world:
+        raise ConfigError(
+            f"{args.config}: train.batch_size={cfg.train.batch_size} is the global batch and must be divisible by "
+            f"the {world} processes; set train.batch_size to a multiple of {world}"
+        )
+    if cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError(f"{args.config}: train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernels); remove it")
     out_dir = Path(args.output_dir or Path("runs") / Path(args.config).stem)
     ckpt_dir = out_dir / "checkpoints"
     last_path = ckpt_dir / "last.pt"
-    if last_path.exists() and not args.resume:
-        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --output-dir")
-    if args.resume and not last_path.exists():
-        raise FileNotFoundError(f"--resume: {last_path} not found; start without --resume")
-    ensure_writable(ckpt_dir)
-    setup_file_logging(out_dir / "train.log")
-    device = resolve_device(cfg.train.device)
+    folder_error = None
+    if main_process:
+        try:
+            prepare_run_folder(out_dir, args.resume)
+        except (FileExistsError, FileNotFoundError, PermissionError) as exc:
+            folder_error = exc
+    distributed.raise_from_main(folder_error)
     check_amp(cfg.train.amp, device, args.config)
     torch.manual_seed(cfg.train.seed)
 
@@ -138,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     num_classes = cfg.model.num_classes or train_set.category_map.num_classes
     cfg = replace(cfg, **{"model.num_classes": num_classes})
-    save_config(cfg, out_dir / "config.yaml")
+    if main_process:
+        save_config(cfg, out_dir / "config.yaml")
 
-    model = place_model(build_model(cfg), device, cfg.train.channels_last)
-    criterion = build_criterion(cfg, num_classes)
+    model = build_model(cfg)
+    if cfg.train.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = place_model(model, device, cfg.train.channels_last)
+    criterion = build_criterion(cfg, num_classes, distributed.all_reduce_sum if world > 1 else None)
     postprocess = build_postprocess(cfg)
     optimizer = build_optimizer(cfg.train, model)
     scheduler = build_scheduler(cfg.train, optimizer)
@@ -150,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start_iter, best_ap, train_seconds = 0, -1.0, 0.0
     if args.resume:
-        state = load_checkpoint(last_path, device)
+        state = read_on_main(last_path, "cpu")  # RNG states must stay CPU tensors; weights are copied to `device`
         load_model_weights(model, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -160,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         start_iter, best_ap, train_seconds = state["iteration"], state["best_ap"], state.get("train_seconds", 0.0)
         log.info("resumed from %s at iteration %d", last_path, start_iter)
     elif cfg.train.init_from:
-        skipped = load_for_finetune(model, load_checkpoint(Path(cfg.train.init_from), "cpu")["model"])
+        skipped = load_for_finetune(model, read_on_main(Path(cfg.train.init_from), "cpu")["model"])
         log.info("initialized from %s; kept fresh: %s", cfg.train.init_from, ", ".join(skipped) or "nothing")
 
     def checkpoint(path: Path, iteration: int) -> None:
+        if not main_process:
+            return
         save_checkpoint(
             {
                 "model": model.state_dict(),
@@ -181,38 +237,48 @@ def main(argv: list[str] | None = None) -> int:
             path,
         )
 
-    logger = RunLogger(out_dir)
+    # DDP averages gradients over ranks; `model` stays the plain module (checkpoints, evaluation).
+    ddp_model = model if world == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    logger = RunLogger(out_dir, enabled=main_process)
     stop = StopRequest()
     stop.install()
     accum = cfg.train.accumulate_steps
-    loader = build_train_loader(cfg, train_set, start_batch=start_iter * accum)
+    loader = build_train_loader(cfg, train_set, start_batch=start_iter * accum, rank=rank, world_size=world)
     batches = iter(loader)
-    val_loader = build_val_loader(cfg, val_set) if val_set is not None else None
+    val_loader = build_val_loader(cfg, val_set, rank, world) if val_set is not None else None
+    evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend) if val_set is not None else None  # the final one feeds the model card
     metrics: dict[str, Any] = {}
     nonfinite_in_a_row, skipped_steps = 0, 0
     model.train()
-    bar = tqdm(range(start_iter, cfg.train.max_iters), initial=start_iter, total=cfg.train.max_iters, dynamic_ncols=True)
+    bar = tqdm(range(start_iter, cfg.train.max_iters), initial=start_iter, total=cfg.train.max_iters, dynamic_ncols=True,
+               **({} if main_process else {"disable": True}))  # rank 0 keeps TQDM_DISABLE working
     window_start, window_images = time.perf_counter(), 0
     for it in bar:
         step_start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "loss_cls": 0.0, "loss_box": 0.0, "num_pos": 0.0}
         finite = True
-        for _ in range(accum):
+        for micro in range(accum):
             batch = next(batches)  # drawn even after a non-finite micro-batch: resume expects it * accum batches
             if not finite:
                 continue
             batch = batch.to(device, non_blocking=True)
-            with autocast(device, cfg.train.amp):
-                outputs = model(batch.images)
+            skip_sync = world > 1 and micro < accum - 1  # DDP all-reduces gradients after the last micro-batch only
+            with autocast(device, cfg.train.amp), ddp_model.no_sync() if skip_sync else contextlib.nullcontext():
+                outputs = ddp_model(batch.images)
             losses = criterion(outputs, batch.targets)
-            if not torch.isfinite(losses["loss"]):
+            # Global values (sums of the ranks' shares); a non-finite share on any rank skips the step on all.
+            stats = distributed.all_reduce_sum(torch.stack([losses[k].detach().float() for k in totals]))
+            if not torch.isfinite(stats[0]):
                 finite = False
                 continue
-            scaler.scale(losses["loss"] / accum).backward()
-            for k in totals:
-                totals[k] += losses[k].detach().item() / accum
-            window_images += len(batch)
+            # DDP averages gradients over ranks: scaling each share by the world size makes that the sum.
+            scaler.scale(losses["loss"] * world / accum).backward()
+            for k, value in zip(totals, stats.tolist()):
+                totals[k] += value / accum
+            window_images += len(batch) * world
         if not finite:
             nonfinite_in_a_row += 1
             skipped_steps += 1
@@ -260,18 +326,19 @@ def main(argv: list[str] | None = None) -> int:
 
         final = done == cfg.train.max_iters
         if val_loader is not None and (final or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
-            metrics = run_evaluation(cfg, model, postprocess, val_set, val_loader, device, logger, done)
+            metrics = run_evaluation(cfg, model, postprocess, val_set, val_loader, device, logger, done, evaluator)
             log.info("iter %d: AP %.4f AP50 %.4f AP75 %.4f", done, metrics["AP"], metrics["AP50"], metrics["AP75"])
             if metrics["AP"] > best_ap:
                 best_ap = metrics["AP"]
                 checkpoint(ckpt_dir / "best.pt", done)
             model.train()
-        if final or stop.signal is not None or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
+        stop_signal = distributed.all_reduce_max(stop.signal or 0, device)  # a signal to any rank stops all
+        if final or stop_signal or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
             checkpoint(last_path, done)
-        if stop.signal is not None:
+        if stop_signal:
             log.warning("stopped at iteration %d; continue with --resume", done)
             logger.close()
-            return 130 if stop.signal == signal.SIGINT else 143
+            return 130 if stop_signal == signal.SIGINT else 143
     bar.close()
 
     hparams = {"loss.type": cfg.loss.type, "loss.gamma": cfg.loss.gamma, "loss.alpha": cfg.loss.alpha,
@@ -279,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     final_metrics = {f"hparam/{k}": metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics}
     logger.log_hparams(hparams, final_metrics)
     logger.close()
+    if not main_process:  # the model card and operating point are files: rank 0 writes them
+        return 0
+    card = finish_training_run(out_dir, cfg, train_set, val_set, evaluator if metrics else None, metrics,
+                               cfg.train.max_iters, train_seconds, device, world_size=world)
+    log.info("model card: %s", card)
     log.info("done: %d iterations in %.0fs of training; run folder %s", cfg.train.max_iters, train_seconds, out_dir)
     print(f"run folder: {out_dir}  (tensorboard --logdir {out_dir})")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from retinanet.config import Config, ConfigError, SplitConfig
 
@@ -48,9 +48,13 @@ def build_dataset(cfg: Config, split: str, source: str = "config") -> CocoDetect
 def build_train_loader(
     cfg: Config, dataset: CocoDetection, start_batch: int = 0, rank: int = 0, world_size: int = 1
 ) -> DataLoader:
+    """This rank's slice of every global batch of `cfg.train.batch_size` (the same batches at any world size)."""
+    if cfg.train.batch_size % world_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by world_size={world_size}")
     groups = aspect_ratio_group_ids(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
     sampler = TrainBatchSampler(
-        len(dataset), cfg.train.batch_size, cfg.train.seed, groups, start_batch=start_batch, rank=rank, world_size=world_size
+        len(dataset), cfg.train.batch_size // world_size, cfg.train.seed, groups, start_batch=start_batch, rank=rank,
+        world_size=world_size,
     )
     return DataLoader(
         SeededDataset(dataset),
@@ -63,9 +67,11 @@ def build_train_loader(
     )
 
 
-def build_val_loader(cfg: Config, dataset: CocoDetection) -> DataLoader:
+def build_val_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches in dataset order over this rank's contiguous shard; the shards in rank order are the dataset."""
+    shard = -(-len(dataset) // world_size)
     return DataLoader(
-        dataset,
+        dataset if world_size == 1 else Subset(dataset, range(rank * shard, min(len(dataset), (rank + 1) * shard))),
         batch_size=cfg.eval.batch_size,
         shuffle=False,
         num_workers=cfg.data.num_workers,

@@ -36,6 +36,63 @@ def norm_layer(kind: str) -> Callable[[int], nn.Module]:
     raise ValueError(f"norm must be frozen_bn, bn or gn, got {kind!r}")
 
 
+class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """A FrozenBatchNorm2d whose affine is applied by the preceding FrozenBNConv2d: forward is the identity.
+
+    It keeps its buffers (and so the state-dict names of torchvision's ResNet); the conv reads them.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """(C,) scale and shift of the frozen affine: x * scale + shift == FrozenBatchNorm2d(x)."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
+
+class FrozenBNConv2d(nn.Conv2d):
+    """A bias-free conv and the frozen BN after it, computed as one conv with the BN folded in.
+
+    conv(x, W) * s + t == conv(x, W * s) + t with s, t the BN's per-channel scale and shift: one
+    oneDNN / cuDNN call with a fused bias instead of a conv plus two full-size elementwise passes
+    forward and one backward. Folded at every forward from the BN's current buffers, so loading
+    a state dict or moving the model needs nothing special; parameter names do not change.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: FoldedFrozenBatchNorm2d):
+        super().__init__(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, bias=False, device="meta",  # no init (and no RNG draw): the weight is conv's
+        )
+        self.weight = conv.weight
+        self._bn = (bn,)  # a tuple: not registered again as a submodule, the block owns it
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self._bn[0].scale_and_shift()
+        return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), shift)
+
+
+def fold_frozen_bn(resnet: nn.Module) -> None:
+    """Replace every (conv, FrozenBatchNorm2d) pair of a torchvision ResNet by FrozenBNConv2d + identity BN."""
+
+    def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+        bn = getattr(owner, bn_name)
+        folded_bn = FoldedFrozenBatchNorm2d(bn.weight.numel(), bn.eps)
+        folded_bn.load_state_dict(bn.state_dict())
+        setattr(owner, conv_name, FrozenBNConv2d(getattr(owner, conv_name), folded_bn))
+        setattr(owner, bn_name, folded_bn)
+
+    fold(resnet, "conv1", "bn1")
+    for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        for block in layer:
+            for i in (1, 2, 3):
+                if hasattr(block, f"conv{i}"):
+                    fold(block, f"conv{i}", f"bn{i}")
+            if block.downsample is not None:
+                fold(block.downsample, "0", "1")
+
+
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without its classifier; forward returns {"c3", "c4", "c5"}."""
 
@@ -47,6 +104,8 @@ class ResNetBackbone(nn.Module):
         resnet.fc = nn.Identity()
         if weights != "none":
             resnet.load_state_dict(_load_weights(name, weights))
+        if norm == "frozen_bn":
+            fold_frozen_bn(resnet)
         self.body = nn.ModuleDict(
             OrderedDict(
                 stem=nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool),

@@ -217,6 +217,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     max_iters: int = 90000
+    # Global batch (detectron2's IMS_PER_BATCH): under torchrun each of the N processes takes
+    # batch_size / N images, so a config trains the same at any N. Changing batch_size? Scale lr
+    # linearly with it (Goyal et al. 2017: 16 -> 0.01, 8 -> 0.005) and keep the warmup.
     batch_size: int = 16
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
@@ -245,6 +248,8 @@ class TrainConfig:
     init_from: str = ""
     # Non-finite losses are skipped; this many in a row stop the run.
     max_nonfinite_steps: int = 10
+    # Under torchrun: BatchNorm -> SyncBatchNorm (statistics over the global batch); CUDA only.
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         _check(self.max_iters > 0, "max_iters", "must be > 0")
@@ -264,7 +269,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 4
-    backend: Literal["pycocotools"] = "pycocotools"
+    # COCO evaluation: pycocotools (the reference) or faster-coco-eval (same numbers, faster; `pip install faster-coco-eval`).
+    backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
     # Val images drawn into TensorBoard after each evaluation.
     num_vis_images: int = 4
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .config import ConfigError, TrainConfig
 from .evaluator import CocoEvaluator, detections_to_coco
 from .postprocess import PostProcess
@@ -235,9 +236,17 @@ def evaluate(
     amp: str = "none",
     keep_images: int = 0,
 ) -> tuple[dict[str, Any], list[dict], list[tuple[Any, Detections, Any]]]:
-    """COCO metrics, the COCO result records, and up to `keep_images` (image, detections, target) for drawing."""
+    """COCO metrics, the COCO result records, and up to `keep_images` (image, detections, target) for drawing.
+
+    Under torchrun `loader` holds this rank's contiguous shard of the val set: the records and image
+    ids of all shards are gathered in rank order (the dataset's order), rank 0 runs the one COCO
+    evaluation and sends its metrics to every rank. Every rank returns all records; only rank 0's
+    `evaluator` has computed.
+    """
+    sharded = distributed.is_distributed()
     evaluator.reset()
     results: list[dict] = []
+    image_ids: list[int] = []
     kept: list[tuple[Any, Detections, Any]] = []
     for batch, dets in predict(model, postprocess, loader, device, amp):
         batch_records: list[dict] = []
@@ -247,6 +256,17 @@ def evaluate(
             if len(kept) < keep_images:
                 h, w = batch.image_sizes[i]
                 kept.append((batch.images[i, :, :h, :w], det, target))
-        evaluator.update(batch_records, image_ids=[t.image_id for t in batch.targets])
+        batch_ids = [t.image_id for t in batch.targets]
+        if not sharded:
+            evaluator.update(batch_records, image_ids=batch_ids)
         results.extend(batch_records)
-    return evaluator.compute(), results, kept
+        image_ids.extend(batch_ids)
+    if not sharded:
+        return evaluator.compute(), results, kept
+    shards = distributed.all_gather_object((results, image_ids))
+    results = [record for shard_records, _ in shards for record in shard_records]
+    metrics = None
+    if distributed.is_main_process():
+        evaluator.update(results, image_ids=[i for _, shard_ids in shards for i in shard_ids])
+        metrics = evaluator.compute()
+    return distributed.broadcast_object(metrics), results, kept

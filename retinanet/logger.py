@@ -180,18 +180,20 @@ class RunLogger:
         self._write_line("images", step, {"tag": tag, "count": len(images)})
         self._writer.flush()
 
-    def log_hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int | None = None) -> None:
+    def log_hparams(
+        self, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int | None = None, run_name: str = "hparams"
+    ) -> None:
         """Hyperparameters (nested dicts flattened with '.') against final metrics.
 
-        TensorBoard writes these to the `hparams/` sub-run, so the metric scalars do not
-        duplicate the main run's curves.
+        TensorBoard writes these to the `<run_name>/` sub-run, so the metric scalars do not
+        duplicate the main run's curves; one writer can hold several entries under distinct names.
         """
         if not self.enabled:
             return
         flat_hparams = {key: _hparam_value(value) for key, value in _flatten(hparams).items()}
         flat_metrics = {key: float(value) for key, value in _flatten(metrics).items() if _finite(value)}
         self._write_line("hparams", step, {"hparams": flat_hparams, "metrics": flat_metrics})
-        self._writer.add_hparams(flat_hparams, flat_metrics, run_name="hparams", global_step=step)
+        self._writer.add_hparams(flat_hparams, flat_metrics, run_name=run_name, global_step=step)
         self._writer.flush()
 
     def flush(self) -> None:

@@ -4,10 +4,15 @@ Normalization: both losses are summed over the whole batch and divided by the nu
 positive anchors in the whole batch (at least 1), as the paper describes. torchvision
 divides per image and then averages over images; the two agree at batch size 1. With
 `normalizer_momentum > 0` the divisor is an EMA of that count (detectron2).
+
+Distributed training: with `sum_across_ranks` (train.py passes the process group's all-reduce)
+the divisor is the number of positives in the global batch, so every rank returns its share of
+the global loss (the shares sum to the single-process loss) and the EMA sees the same count on
+every rank.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +53,61 @@ def sigmoid_focal_loss(
     return loss
 
 
+class _FocalLossSum(torch.autograd.Function):
+    """Forward and backward of `focal_loss_sum`, in a few full-size passes instead of autograd's ~35.
+
+    Every valid (anchor, class) entry is a negative (target 0) except the P positives: the dense
+    part is (1 - alpha) * p**gamma * softplus(x) with the closed-form gradient
+    (1 - alpha) * p**gamma * (gamma * (1 - p) * softplus(x) + p); the positives go through
+    `sigmoid_focal_loss` (and autograd) on their P gathered logits.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, valid: Tensor, pos_index: Tensor, pos_target: Tensor, alpha: float, gamma: float) -> Tensor:
+        ctx.save_for_backward(logits, valid, pos_index, pos_target)
+        ctx.alpha, ctx.gamma = alpha, gamma
+        loss = F.softplus(logits)  # the cross-entropy of target 0 (exact to fp32 precision past its threshold 20)
+        if gamma != 0:
+            loss.mul_(torch.sigmoid(logits).pow_(gamma))
+        loss.view(-1).index_fill_(0, pos_index, 0.0)
+        dense = (loss.sum(dim=-1) * valid).sum() * (1.0 - alpha if alpha >= 0 else 1.0)
+        positives = sigmoid_focal_loss(logits.reshape(-1)[pos_index], pos_target, alpha, gamma, reduction="sum")
+        return dense + positives
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        logits, valid, pos_index, pos_target = ctx.saved_tensors
+        alpha, gamma = ctx.alpha, ctx.gamma
+        p = torch.sigmoid(logits)
+        if gamma != 0:
+            grad = F.softplus(logits)
+            grad.mul_(1 - p).mul_(gamma).add_(p).mul_(p.pow_(gamma))
+        else:
+            grad = p
+        grad.mul_(valid.unsqueeze(-1) * (grad_output * (1.0 - alpha if alpha >= 0 else 1.0)))
+        with torch.enable_grad():
+            x = logits.reshape(-1)[pos_index].detach().requires_grad_()
+            (pos_grad,) = torch.autograd.grad(sigmoid_focal_loss(x, pos_target, alpha, gamma, reduction="sum"), x)
+        grad.view(-1).index_copy_(0, pos_index, pos_grad * grad_output)
+        return grad, None, None, None, None, None
+
+
+def focal_loss_sum(
+    logits: Tensor, valid: Tensor, pos_index: Tensor, pos_target: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """sigmoid_focal_loss(logits[valid], one-hot targets, reduction="sum") without building the targets.
+
+    logits (N, R, K); valid (N, R) anchors that count; pos_index (P,) distinct flat indices into
+    logits of the positive (anchor, class) entries, whose targets are pos_target (P,) (1, or
+    1 - eps with label smoothing); every other valid entry has target 0. float32, like
+    `sigmoid_focal_loss`.
+    """
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return _FocalLossSum.apply(
+            logits.float().contiguous(), valid.float(), pos_index, pos_target.float(), float(alpha), float(gamma)
+        )
+
+
 class DetectionLoss:
     """(HeadOutputs, targets) -> {"loss", "loss_cls", "loss_box", "num_pos"}.
 
@@ -72,6 +132,7 @@ class DetectionLoss:
         ohem_batch_size: int = 256,
         ohem_neg_pos_ratio: float = 3.0,
         ohem_nms: float = 0.0,
+        sum_across_ranks: Callable[[Tensor], Tensor] | None = None,
     ):
         if box_loss not in ("smooth_l1", "l1", "giou"):
             raise ValueError(f"box_loss must be smooth_l1, l1 or giou, got {box_loss!r}")
@@ -92,6 +153,7 @@ class DetectionLoss:
         self.box_weight = box_weight
         self.normalizer_momentum = normalizer_momentum
         self.ema_normalizer = 100.0  # detectron2's starting value
+        self.sum_across_ranks = sum_across_ranks
 
     def state_dict(self) -> dict:
         return {"ema_normalizer": self.ema_normalizer}
@@ -124,7 +186,7 @@ class DetectionLoss:
         valid = labels != IGNORE_LABEL
         pos = valid & (labels != self.num_classes)
         num_pos = pos.sum()
-        normalizer = self._normalizer(num_pos)
+        normalizer = self._normalizer(num_pos if self.sum_across_ranks is None else self.sum_across_ranks(num_pos))
 
         with torch.autocast(device_type=anchors.device.type, enabled=False):
             loss_cls = self.classification_loss(outputs, labels, valid, pos) / normalizer
@@ -150,13 +212,16 @@ class DetectionLoss:
         (alpha-balanced cross-entropy, the paper's baseline). ohem: gamma-0 loss over the hardest
         anchors of each image only (see `ohem_select`).
         """
+        gamma = self.gamma if self.cls_loss == "focal" else 0.0
+        if self.cls_loss != "ohem":
+            flat_anchor = torch.nonzero(pos.reshape(-1)).squeeze(1)  # (P,) index into N * R
+            pos_index = flat_anchor * self.num_classes + labels.reshape(-1)[flat_anchor]  # (P,) into N * R * K
+            pos_target = torch.full(pos_index.shape, 1.0 - self.label_smoothing, device=pos_index.device)
+            return focal_loss_sum(outputs.cls_logits, valid, pos_index, pos_target, self.alpha, gamma)
         logits = outputs.cls_logits[valid].float()  # (V, K)
         targets = F.one_hot(labels[valid], self.num_classes + 1)[:, : self.num_classes].to(logits.dtype)  # (V, K)
         if self.label_smoothing > 0:
             targets = targets * (1.0 - self.label_smoothing)  # positives only: 1 -> 1 - eps
-        gamma = self.gamma if self.cls_loss == "focal" else 0.0
-        if self.cls_loss != "ohem":
-            return sigmoid_focal_loss(logits, targets, self.alpha, gamma, reduction="sum")
         per_anchor = logits.new_zeros(labels.shape)  # (N, R)
         per_anchor[valid] = sigmoid_focal_loss(logits, targets, self.alpha, 0.0).sum(dim=1)
         selected = self.ohem_select(per_anchor.detach(), valid, pos, outputs)

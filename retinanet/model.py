@@ -15,6 +15,7 @@ are separate callables built from the same config by `build_criterion` and `buil
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -90,7 +91,10 @@ def build_box_coder(cfg: Config) -> BoxCoder:
     return BoxCoder(cfg.model.box_coder.weights, cfg.model.box_coder.scale_clamp)
 
 
-def build_criterion(cfg: Config, num_classes: int) -> DetectionLoss:
+def build_criterion(
+    cfg: Config, num_classes: int, sum_across_ranks: Callable[[Tensor], Tensor] | None = None
+) -> DetectionLoss:
+    """The loss of the config; `sum_across_ranks` (DDP) makes it normalize by the global positive count."""
     mc, lc = cfg.model.matcher, cfg.loss
     if lc.type == "focal" and lc.gamma > 5:
         log.warning("loss.gamma=%g: the paper reports focal loss degrading above gamma 5", lc.gamma)
@@ -109,6 +113,7 @@ def build_criterion(cfg: Config, num_classes: int) -> DetectionLoss:
         ohem_batch_size=lc.ohem_batch_size,
         ohem_neg_pos_ratio=lc.ohem_neg_pos_ratio,
         ohem_nms=lc.ohem_nms,
+        sum_across_ranks=sum_across_ranks,
     )
 
 

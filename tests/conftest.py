@@ -1,11 +1,16 @@
 """Shared fixtures: tiny models and configs that run in well under a second on 2 CPU cores."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from pycocotools.coco import COCO
 
 import train
 from retinanet.config import Config, load_config
@@ -56,6 +61,7 @@ TINY_MODEL = [
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script executes
     spec.loader.exec_module(module)
     return module
 
@@ -91,3 +97,12 @@ def trained_run(synthetic, tmp_path_factory) -> Path:
     sets = synthetic_overrides(synthetic) + ["train.max_iters=4", "train.eval_every=2", "train.checkpoint_every=2"]
     assert run_train(out, sets) == 0
     return out
+
+
+def make_coco(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools COCO from an in-memory dataset dict, without its index-building chatter."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco

@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 
 from retinanet.evaluator import STAT_NAMES, CocoEvaluator, detections_to_coco, format_metrics_table
 from retinanet.types import Detections
+from tests.conftest import make_coco
 
 TINY_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_coco"
 
@@ -31,14 +32,6 @@ CATEGORY_IDS = [c["id"] for c in CATEGORIES]
 # category whose only detection is a true positive scores 1 - 2e-16, not 1.0. The tolerance
 # is far below the smallest real change (one recall point of one class is 1/101/K).
 PERFECT = pytest.approx(1.0, abs=1e-12)
-
-
-def make_coco(dataset: dict[str, Any]) -> COCO:
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 def handmade_dataset(first_ann_id: int = 1) -> dict[str, Any]:

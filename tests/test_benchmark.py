@@ -1,0 +1,38 @@
+"""scripts/benchmark.py end to end at a toy size: every documented figure is there and positive."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from tests.conftest import load_script
+
+
+def test_benchmark_writes_positive_figures(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    benchmark = load_script("benchmark")
+    args = ["--device", "cpu", "--backbone", "resnet18", "--size", "64", "--batch-size", "1", "--iters", "1",
+            "--warmup", "1", "--rows", "ours_fp32", "--workers", "0", "--loader-batches", "1", "--eval-images", "3",
+            "--json", str(out)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a smoke test: one thread avoids OpenMP barriers on a busy machine
+    try:
+        assert benchmark.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    for row in ("ours", "torchvision", "ours_fp32"):
+        for key in ("train_images_per_s", "infer_images_per_s", "train_flops_per_step"):
+            assert report[row][key] > 0, (row, key)
+    assert report["ours"]["row"] in report and report["ours"]["channels_last"] is True
+    assert report["ours_fp32"]["amp"] == "none" and report["ours_fp32"]["channels_last"] is False
+    assert report["loader"]["images_per_s"] > 0
+    assert report["coco_eval"]["pycocotools_s"] > 0
+    if importlib.util.find_spec("faster_coco_eval") is not None:
+        assert report["coco_eval"]["faster_coco_eval_s"] > 0
+        assert report["coco_eval"]["max_abs_stat_difference"] < 1e-12
+    env = report["environment"]
+    assert env["size"] == 64 and env["batch_size"] == 1 and env["backbone"] == "resnet18" and env["threads"] == 1
+    assert "train img/s" in capsys.readouterr().out
