@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import generalized_box_iou_loss, nms
 
 from .box_coder import BoxCoder
@@ -162,22 +163,20 @@ class DetectionLoss:
         self.ema_normalizer = float(state["ema_normalizer"])
 
     def assign(self, anchors: Tensor, targets: Sequence[Target]) -> tuple[Tensor, Tensor]:
-        """Per-anchor labels (N, R) and matched boxes_xyxy (N, R, 4)."""
-        labels, boxes = [], []
-        for t in targets:
-            idx = self.matcher(t.boxes_xyxy, anchors, t.iscrowd)  # (R,)
-            fg = idx >= 0
-            safe = idx.clamp(min=0)
-            if t.labels.numel():
-                lab = torch.where(fg, t.labels[safe], torch.full_like(idx, self.num_classes))
-                matched = t.boxes_xyxy[safe]
-            else:
-                lab = torch.full_like(idx, self.num_classes)
-                matched = torch.zeros_like(anchors)
-            lab = torch.where(idx == IGNORE, torch.full_like(lab, IGNORE_LABEL), lab)
-            labels.append(lab)
-            boxes.append(matched)
-        return torch.stack(labels), torch.stack(boxes)
+        """Per-anchor labels (N, R) and matched boxes_xyxy (N, R, 4), matched for the whole batch at once."""
+        boxes = pad_sequence([t.boxes_xyxy.to(anchors.dtype) for t in targets], batch_first=True)  # (N, M, 4)
+        labels = pad_sequence([t.labels for t in targets], batch_first=True)  # (N, M)
+        iscrowd = pad_sequence([t.iscrowd for t in targets], batch_first=True)  # (N, M)
+        counts = torch.tensor([t.labels.numel() for t in targets], device=anchors.device)
+        valid = torch.arange(labels.shape[1], device=anchors.device)[None] < counts[:, None]  # (N, M)
+        idx = self.matcher.match_batch(boxes, valid, iscrowd, anchors)  # (N, R)
+        if labels.shape[1] == 0:  # no boxes in the whole batch: everything is background
+            return torch.full_like(idx, self.num_classes), anchors.new_zeros((*idx.shape, 4))
+        safe = idx.clamp(min=0)
+        assigned = torch.where(idx >= 0, labels.gather(1, safe), self.num_classes)  # (N, R)
+        assigned = torch.where(idx == IGNORE, IGNORE_LABEL, assigned)
+        matched = boxes.gather(1, safe[..., None].expand(-1, -1, 4))  # (N, R, 4)
+        return assigned, matched
 
     def __call__(self, outputs: HeadOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
         anchors = outputs.anchors

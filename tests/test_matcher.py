@@ -1,5 +1,9 @@
+import pytest
 import torch
+from torch.nn.utils.rnn import pad_sequence
+from torchvision.ops import box_area, box_iou
 
+import retinanet.matcher as matcher_module
 from retinanet.matcher import BACKGROUND, IGNORE, Matcher
 
 
@@ -52,3 +56,44 @@ def test_all_crowd() -> None:
     anchors = torch.tensor([[0.0, 0, 10, 10], [100, 100, 110, 110]])
     m = Matcher()(torch.tensor([[0.0, 0, 10, 10]]), anchors, torch.tensor([True]))
     assert m.tolist() == [IGNORE, BACKGROUND]
+
+
+def reference_match(matcher: Matcher, boxes: torch.Tensor, anchors: torch.Tensor, iscrowd: torch.Tensor) -> torch.Tensor:
+    """One image, the straightforward way: match the non-crowd boxes, then ignore background inside crowds."""
+    keep = torch.nonzero(~iscrowd).squeeze(1)
+    result = matcher.match_iou(box_iou(boxes[keep], anchors))
+    result = torch.where(result >= 0, keep[result.clamp(min=0)] if keep.numel() else result, result)
+    crowd = boxes[iscrowd]
+    if crowd.numel():
+        lt = torch.max(anchors[:, None, :2], crowd[None, :, :2])
+        rb = torch.min(anchors[:, None, 2:], crowd[None, :, 2:])
+        ioa = (rb - lt).clamp(min=0).prod(dim=2) / box_area(anchors)[:, None]
+        in_crowd = ioa.max(dim=1).values >= matcher.crowd_ioa
+        result = torch.where((result == BACKGROUND) & in_crowd, torch.full_like(result, IGNORE), result)
+    return result
+
+
+@pytest.mark.parametrize("max_elements", [1 << 26, 1])  # one block, and one image per chunk
+def test_batched_matching_equals_image_by_image(monkeypatch, max_elements: int) -> None:
+    monkeypatch.setattr(matcher_module, "_MAX_ELEMENTS", max_elements)
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(400, 2, generator=gen) * 90
+    anchors = torch.cat([xy, xy + 4 + torch.rand(400, 2, generator=gen) * 30], dim=1)
+    anchors = torch.cat([anchors, anchors[:5]])  # duplicate anchors: ties in the low-quality step
+    images = []
+    for count in (5, 0, 1, 9, 3):  # an image with no boxes, different box counts
+        xy = torch.rand(count, 2, generator=gen) * 80
+        boxes = torch.cat([xy, xy + 2 + torch.rand(count, 2, generator=gen) * 40], dim=1)
+        images.append((boxes, torch.rand(count, generator=gen) < 0.3))
+    images[3] = (torch.cat([images[3][0], images[3][0][:2]]), torch.cat([images[3][1], torch.tensor([False, True])]))
+    matcher = Matcher(0.5, 0.4, allow_low_quality=True)
+    boxes = pad_sequence([b for b, _ in images], batch_first=True)
+    crowd = pad_sequence([c for _, c in images], batch_first=True)
+    counts = torch.tensor([len(b) for b, _ in images])
+    valid = torch.arange(boxes.shape[1])[None] < counts[:, None]
+    batched = matcher.match_batch(boxes, valid, crowd, anchors)
+    for i, (b, c) in enumerate(images):
+        expected = reference_match(matcher, b, anchors, c)
+        assert torch.equal(batched[i], expected), i
+        assert torch.equal(matcher(b, anchors, c), expected), i
+    assert (batched >= 0).any() and (batched == IGNORE).any() and (batched == BACKGROUND).any()
