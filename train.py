@@ -202,7 +202,7 @@ def train(args: argparse.Namespace) -> int:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     categories = [{"id": i, "name": n} for i, n in zip(train_set.category_map.category_ids, train_set.category_map.names)]
 
-    start_iter, best_ap, train_seconds = 0, -1.0, 0.0
+    start_iter, best_ap, train_seconds, skipped_steps = 0, -1.0, 0.0, 0
     if args.resume:
         state = read_on_main(last_path, "cpu")  # RNG states must stay CPU tensors; weights are copied to `device`
         load_model_weights(model, state["model"], last_path)
@@ -212,6 +212,7 @@ def train(args: argparse.Namespace) -> int:
         criterion.load_state_dict(state["criterion"])
         set_rng_state(state["rng"])
         start_iter, best_ap, train_seconds = state["iteration"], state["best_ap"], state.get("train_seconds", 0.0)
+        skipped_steps = state.get("skipped_steps", 0)  # the run's total, as logged in train/skipped_steps
         log.info("resumed from %s at iteration %d", last_path, start_iter)
     elif cfg.train.init_from:
         skipped = load_for_finetune(model, read_on_main(Path(cfg.train.init_from), "cpu")["model"])
@@ -230,6 +231,7 @@ def train(args: argparse.Namespace) -> int:
                 "iteration": iteration,
                 "best_ap": best_ap,
                 "train_seconds": train_seconds,
+                "skipped_steps": skipped_steps,
                 "rng": rng_state(),
                 "config": to_dict(cfg),
                 "categories": categories,
@@ -250,7 +252,7 @@ def train(args: argparse.Namespace) -> int:
     val_loader = build_val_loader(cfg, val_set, rank, world) if val_set is not None else None
     evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend) if val_set is not None else None  # the final one feeds the model card
     metrics: dict[str, Any] = {}
-    nonfinite_in_a_row, skipped_steps = 0, 0
+    nonfinite_in_a_row = 0
     model.train()
     bar = tqdm(range(start_iter, cfg.train.max_iters), initial=start_iter, total=cfg.train.max_iters, dynamic_ncols=True,
                **({} if main_process else {"disable": True}))  # rank 0 keeps TQDM_DISABLE working

@@ -94,6 +94,7 @@ def test_nonfinite_losses_are_skipped_then_stop(synthetic: Path, tmp_path: Path,
     train_lines = [l for l in lines if l["kind"] == "train"]
     assert [l["step"] for l in train_lines] == [1, 2, 4]  # step 3 skipped
     assert train_lines[-1]["skipped_steps"] == 1
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["skipped_steps"] == 1  # --resume keeps the count
 
     calls["n"] = 0
     poison.clear()
