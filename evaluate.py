@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     target = parse_target(args)
     cfg = load_config(args.config, args.set)
     val_set = build_dataset(cfg, "val", args.config)
-    evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend)
+    evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=target is not None)
 
     default_dir = Path(args.predictions).parent if args.predictions else Path(args.checkpoint).parent.parent
     out_dir = Path(args.output_dir or default_dir)

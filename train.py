@@ -82,9 +82,8 @@ class StopRequest:
 
 def run_evaluation(
     cfg: Config, model, postprocess, val_set: CocoDetection, val_loader, device, logger: RunLogger, step: int,
-    evaluator: CocoEvaluator | None = None,
+    evaluator: CocoEvaluator,
 ) -> dict[str, Any]:
-    evaluator = evaluator if evaluator is not None else CocoEvaluator(val_set.coco, backend=cfg.eval.backend)
     names = val_set.category_map.names
     metrics, _, kept = evaluate(
         model, postprocess, val_loader, evaluator, val_set.category_map.category_ids, device, cfg.train.amp,
@@ -241,7 +240,8 @@ def train(args: argparse.Namespace) -> int:
 
     # DDP averages gradients over ranks; `model` stays the plain module (checkpoints, evaluation).
     ddp_model = model if world == 1 else DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=cfg.model.backbone.norm == "bn",  # frozen BN and GN buffers never change: no re-send
     )
     logger = RunLogger(out_dir, enabled=main_process)
     stop = StopRequest()

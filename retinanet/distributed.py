@@ -80,12 +80,12 @@ def all_reduce_max(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
-def all_gather_object(obj: Any) -> list[Any]:
-    """Every rank's picklable object, in rank order; `[obj]` in one process."""
+def gather_object(obj: Any) -> list[Any] | None:
+    """Every rank's picklable object, in rank order, on rank 0 (None on the others); `[obj]` in one process."""
     if not is_distributed():
         return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    gathered: list[Any] | None = [None] * dist.get_world_size() if is_main_process() else None
+    dist.gather_object(obj, gathered, dst=0)
     return gathered
 
 

@@ -240,8 +240,8 @@ def evaluate(
 
     Under torchrun `loader` holds this rank's contiguous shard of the val set: the records and image
     ids of all shards are gathered in rank order (the dataset's order), rank 0 runs the one COCO
-    evaluation and sends its metrics to every rank. Every rank returns all records; only rank 0's
-    `evaluator` has computed.
+    evaluation and sends its metrics to every rank. Rank 0 returns all records, the other ranks their
+    shard's; only rank 0's `evaluator` has computed.
     """
     sharded = distributed.is_distributed()
     evaluator.reset()
@@ -263,10 +263,10 @@ def evaluate(
         image_ids.extend(batch_ids)
     if not sharded:
         return evaluator.compute(), results, kept
-    shards = distributed.all_gather_object((results, image_ids))
-    results = [record for shard_records, _ in shards for record in shard_records]
+    shards = distributed.gather_object((results, image_ids))  # None except on rank 0
     metrics = None
-    if distributed.is_main_process():
+    if shards is not None:
+        results = [record for shard_records, _ in shards for record in shard_records]
         evaluator.update(results, image_ids=[i for _, shard_ids in shards for i in shard_ids])
         metrics = evaluator.compute()
     return distributed.broadcast_object(metrics), results, kept

@@ -138,15 +138,20 @@ class CocoEvaluator:
     By default every ground-truth image is evaluated (images without detections count as
     misses), which is what published numbers do. Passing `image_ids` to `update`
     restricts evaluation to the images seen, for runs on a subset of the dataset.
+    `keep_matches` keeps the per-image matches of each compute for `matches()`; without it (training,
+    which evaluates often and needs matches once) `matches()` recomputes them with pycocotools.
     """
 
-    def __init__(self, coco_gt: COCO, iou_type: str = "bbox", backend: str = "pycocotools") -> None:
+    def __init__(
+        self, coco_gt: COCO, iou_type: str = "bbox", backend: str = "pycocotools", keep_matches: bool = False
+    ) -> None:
         if iou_type != "bbox":
             raise ValueError(f"only iou_type='bbox' is supported, got {iou_type!r}")
         if backend not in ("pycocotools", "faster_coco_eval"):
             raise ValueError(f"backend must be pycocotools or faster_coco_eval, got {backend!r}")
         self.iou_type = iou_type
         self.backend = backend
+        self.keep_matches = keep_matches
         self.coco_gt = _prepare_ground_truth(coco_gt)
         self._fast = _import_faster_coco_eval() if backend == "faster_coco_eval" else None
         # The ground truth in the backend's own COCO class (faster-coco-eval indexes it its own way).
@@ -156,7 +161,7 @@ class CocoEvaluator:
         self.summary_text = ""
         self.last_precision: np.ndarray | None = None  # (T, R, K, A, M), -1 where undefined
         self._params: Any = None
-        self._eval_imgs: list[dict[str, Any] | None] | None = []  # COCOeval.evalImgs of the last compute, for matches()
+        self._eval_imgs: list[dict[str, Any] | None] | None = None  # COCOeval.evalImgs of the last compute, for matches()
         self._computed_records: list[dict[str, Any]] = []
         self.reset()
 
@@ -222,7 +227,7 @@ class CocoEvaluator:
         self.summary_text = summary.getvalue()
         self._params = coco_eval.params
         # faster-coco-eval keeps its per-image matches in C++: matches() recomputes them on demand.
-        self._eval_imgs = coco_eval.evalImgs if self._fast is None else None
+        self._eval_imgs = coco_eval.evalImgs if self._fast is None and self.keep_matches else None
         self.last_precision = np.asarray(coco_eval.eval["precision"])
 
         metrics: dict[str, Any] = {

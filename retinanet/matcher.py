@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_area, box_iou
+from torchvision.ops import box_area
 
 BACKGROUND = -1
 IGNORE = -2

@@ -69,7 +69,7 @@ def summarize_split(dataset: CocoDetection) -> dict[str, Any]:
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo (Linux), else what platform reports."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -85,7 +85,7 @@ def hardware(device: torch.device, world_size: int = 1) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(device),
         "torch": torch.__version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "world_size": world_size,
@@ -183,7 +183,7 @@ def update_model_card(
     card = load_model_card(run_dir) or ModelCard(
         run=Path(run_dir).name,
         config=state.get("config") or to_dict(cfg),
-        data={"train": None, "val": summarize_split(val_set)},
+        data={"train": None},
         training={"seconds": state.get("train_seconds"), "iterations": state.get("iteration"), "hardware": None},
     )
     try:

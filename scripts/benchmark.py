@@ -42,7 +42,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -75,6 +74,7 @@ from retinanet.config import Config, ConfigError, load_config  # noqa: E402
 from retinanet.engine import autocast, build_optimizer, place_model, predict  # noqa: E402
 from retinanet.evaluator import STAT_NAMES, CocoEvaluator  # noqa: E402
 from retinanet.model import build_criterion, build_model, build_postprocess  # noqa: E402
+from retinanet.model_card import cpu_name  # noqa: E402
 from retinanet.types import Target  # noqa: E402
 
 RECIPE = REPO / "configs" / "retinanet_r50_fpn_1x_coco.yaml"
@@ -440,13 +440,7 @@ def bench_coco_eval(num_images: int, root: Path, repeats: int = 3) -> dict[str, 
 
 
 def environment(args: argparse.Namespace, device: torch.device, amp: str) -> dict[str, Any]:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        cpuinfo = Path("/proc/cpuinfo")
-        if cpuinfo.is_file():
-            name = next((l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")), name)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "device": args.device,
         "device_name": name,

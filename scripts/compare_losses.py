@@ -271,12 +271,11 @@ def checkpoint_info(path: Path) -> dict[str, float] | None:
 def read_history(path: Path) -> tuple[dict[int, dict[str, Any]], int | None]:
     """Eval lines by step and the number of skipped non-finite steps, from a run's metrics.jsonl.
 
-    The last line for a step wins: a resumed run repeats the steps after its checkpoint. train.py's
-    `skipped_steps` counter restarts on resume, so a drop in it starts a new segment and segments add up.
+    The last line for a step wins: a resumed run repeats the steps after its checkpoint. train.py keeps
+    its `skipped_steps` total in the checkpoint, so the last train line holds the run's total.
     """
     evals: dict[int, dict[str, Any]] = {}
-    total = segment = 0
-    seen_train, last_step = False, -1
+    skipped: int | None = None
     try:
         lines = path.read_text().splitlines()
     except OSError:
@@ -290,11 +289,8 @@ def read_history(path: Path) -> tuple[dict[int, dict[str, Any]], int | None]:
         if record.get("kind") == "eval" and isinstance(step, int):
             evals[step] = record
         elif record.get("kind") == "train" and isinstance(step, int):
-            value = int(record.get("skipped_steps") or 0)
-            if step <= last_step or value < segment:
-                total, segment = total + segment, 0
-            segment, last_step, seen_train = value, step, True
-    return dict(sorted(evals.items())), total + segment if seen_train else None
+            skipped = int(record.get("skipped_steps") or 0)
+    return dict(sorted(evals.items())), skipped
 
 
 def check_existing(run: Run) -> None:
@@ -647,7 +643,7 @@ def plot_pr_curves(best: dict[str, Result], config: str, rare: tuple[int, str, i
         split = result.run.cfg.data.val
         if (split.images, split.annotations) not in val_sets:
             val_sets[(split.images, split.annotations)] = build_dataset(result.run.cfg, "val", config)
-        evaluator = CocoEvaluator(val_sets[(split.images, split.annotations)].coco)
+        evaluator = CocoEvaluator(val_sets[(split.images, split.annotations)].coco, backend=result.run.cfg.eval.backend)
         evaluator.update(detections)
         evaluator.compute()
         curves = [evaluator.pr_curve(iou=0.5)]

@@ -161,6 +161,23 @@ def _write_eval(run_dir: Path, ap: float) -> None:
     (run_dir / "eval" / "detections.json").write_text("[]")
 
 
+def test_history_takes_the_last_eval_per_step_and_the_last_skipped_total(tmp_path: Path) -> None:
+    lines = [
+        {"kind": "train", "step": 2, "skipped_steps": 1},
+        {"kind": "eval", "step": 2, "AP": 0.1},
+        {"kind": "train", "step": 4, "skipped_steps": 2},
+        {"kind": "eval", "step": 4, "AP": 0.2},  # killed here; --resume from the checkpoint of step 2
+        {"kind": "train", "step": 4, "skipped_steps": 1},
+        {"kind": "eval", "step": 4, "AP": 0.3},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{half a line")
+    evals, skipped = compare.read_history(path)
+    assert {step: e["AP"] for step, e in evals.items()} == {2: 0.1, 4: 0.3}
+    assert skipped == 1
+    assert compare.read_history(tmp_path / "missing.jsonl") == ({}, None)
+
+
 def test_launch_runs_a_subprocess_with_its_output_in_a_log(tmp_path: Path) -> None:
     log_path = tmp_path / "run" / "console.log"
     code = compare.launch(

@@ -87,7 +87,8 @@ def evaluate_both(gt_path: Path, records: list[dict[str, Any]], image_ids: list[
     coco = COCO(str(gt_path))
     out = {}
     for backend in ("pycocotools", "faster_coco_eval"):
-        evaluator = CocoEvaluator(coco, backend=backend)
+        # pycocotools keeps its compute's matches, faster-coco-eval's are recomputed: both paths of matches().
+        evaluator = CocoEvaluator(coco, backend=backend, keep_matches=backend == "pycocotools")
         evaluator.update(records, image_ids=image_ids)
         out[backend] = (evaluator, evaluator.compute())
     return out
