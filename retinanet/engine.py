@@ -153,6 +153,20 @@ def save_checkpoint(state: dict[str, Any], path: Path, keep_previous: bool = Tru
         os.close(dir_fd)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file (model card, operating point) so a crash leaves the old or the new one, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """torch.load with weights_only=True (no code runs from the file), with one-line errors."""
     path = Path(path)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import Config, from_dict, to_dict
-from .engine import CheckpointError
+from .engine import CheckpointError, write_text_atomic
 from .evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from .operating_point import IOU, OperatingPointReport, format_operating_point_table, save_report, search
 
@@ -113,9 +113,9 @@ def _overall_text(report: OperatingPointReport) -> str:
 def write_model_card(run_dir: Path, card: ModelCard) -> Path:
     """Write MODEL_CARD.md and its facts (model_card.json) into the run folder."""
     run_dir = Path(run_dir)
-    (run_dir / FACTS_NAME).write_text(json.dumps(asdict(card), indent=2))
+    write_text_atomic(run_dir / FACTS_NAME, json.dumps(asdict(card), indent=2))
     path = run_dir / CARD_NAME
-    path.write_text(render(card))
+    write_text_atomic(path, render(card))
     return path
 
 

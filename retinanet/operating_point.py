@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .engine import CheckpointError
+from .engine import CheckpointError, write_text_atomic
 from .evaluator import ClassMatches
 
 FILE_NAME = "operating_point.json"
@@ -217,7 +217,7 @@ def save_report(report: OperatingPointReport, *directories: Path) -> list[Path]:
     text = json.dumps(report.to_dict(), indent=2)
     for directory in dict.fromkeys(Path(d).resolve() for d in directories):
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / FILE_NAME).write_text(text)
+        write_text_atomic(directory / FILE_NAME, text)
         written.append(directory / FILE_NAME)
     return written
 

@@ -14,7 +14,9 @@ import torch
 
 import evaluate
 from retinanet.config import load_config
-from retinanet.engine import CheckpointError, load_checkpoint, load_for_finetune, load_model_weights, save_checkpoint
+from retinanet.engine import (
+    CheckpointError, load_checkpoint, load_for_finetune, load_model_weights, save_checkpoint, write_text_atomic,
+)
 from retinanet.losses import DetectionLoss
 from retinanet.model import build_model
 from tests.conftest import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
@@ -142,3 +144,18 @@ def test_evaluate_rejects_a_foreign_results_file(synthetic: Path, tmp_path: Path
         evaluate.main(["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--predictions", str(tmp_path / "bad.json"),
                        "--set", *synthetic_overrides(synthetic)])
     assert os.path.exists(tmp_path / "bad.json")
+
+
+def test_text_files_are_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "operating_point.json"
+    write_text_atomic(path, "old")
+    assert path.read_text() == "old"
+
+    def fail(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="No space"):
+        write_text_atomic(path, "new")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["operating_point.json"]
