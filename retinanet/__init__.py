@@ -1,9 +1,9 @@
 """RetinaNet with sigmoid focal loss (Lin et al. 2017)."""
-from .config import Config, ConfigError, load_config
-from .detector import Detector
-from .losses import DetectionLoss, sigmoid_focal_loss
-from .model import RetinaNet, build_criterion, build_model, build_postprocess
-from .types import Detections, HeadOutputs, Target
+from retinanet.config import Config, ConfigError, load_config
+from retinanet.modeling.detector import Detector
+from retinanet.modeling.losses import DetectionLoss, sigmoid_focal_loss
+from retinanet.modeling.model import RetinaNet, build_criterion, build_model, build_postprocess
+from retinanet.structures import Detections, HeadOutputs, Target
 
 __all__ = [
     "Config",

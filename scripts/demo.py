@@ -1,43 +1,11 @@
-"""`make demo`: generate the synthetic shapes set (first time only), then compare focal loss with
-alpha-balanced cross-entropy (the paper's Table 1 pair) on configs/demo_cpu.yaml through
-scripts/compare_losses.py, and print the comparison table and where the TensorBoard logs are.
-The two trainings run side by side (`--jobs 2`, each on half the cores): on 2 cores that is
-faster than one after the other with two threads each. Running it again reuses the finished
-runs in runs/demo."""
-from __future__ import annotations
-
-import os
+"""Entry point: `python scripts/demo.py --help`. The command lives in retinanet/cli/demo.py."""
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 
-from compare_losses import main as compare_losses  # noqa: E402
-from make_synthetic_dataset import make_dataset  # noqa: E402
-from retinanet.errors import run_cli  # noqa: E402
-
-CONFIG = "configs/demo_cpu.yaml"
-OUTPUT = "runs/demo"
-
-
-def main() -> int:
-    start = time.time()
-    os.chdir(REPO)  # the config's dataset paths are relative to the repository
-    make_dataset(REPO / "datasets" / "synthetic", seed=0, num_train=3000, num_val=300, image_size=128)
-    print(f"comparing focal loss with alpha-balanced CE on {CONFIG} -> {OUTPUT}")
-    code = run_cli(
-        lambda: compare_losses(
-            ["--config", CONFIG, "--losses", "focal,bce:alpha=0.75", "--seeds", "1", "--jobs", "2",
-             "--output-dir", OUTPUT]
-        )
-    )
-    print(f"demo finished in {(time.time() - start) / 60:.1f} min")
-    print(f"TensorBoard: tensorboard --logdir {OUTPUT}")
-    return code
-
+from retinanet.cli.common import run_cli  # noqa: E402
+from retinanet.cli.demo import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +10,9 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-import train
+from retinanet.cli import train
 from retinanet.config import Config, load_config
+from retinanet.data.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
@@ -58,18 +57,10 @@ TINY_MODEL = [
 ]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the script executes
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    load_script("make_synthetic_dataset").make_dataset(root, seed=1, num_train=16, num_val=8, image_size=64)
+    make_dataset(root, seed=1, num_train=16, num_val=8, image_size=64)
     return root
 
 

@@ -5,8 +5,8 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from retinanet.anchors import AnchorGenerator, cell_anchors, sizes_per_level
-from retinanet.box_coder import BoxCoder
+from retinanet.modeling.anchors import AnchorGenerator, cell_anchors, sizes_per_level
+from retinanet.modeling.box_coder import BoxCoder
 
 
 def test_anchors_on_tiny_grid_by_hand() -> None:

@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-import evaluate
+from retinanet.cli import evaluate
+from retinanet.cli import predict as predict_cli
 from retinanet.config import load_config
-from tests.conftest import REPO, SHARED_TINY_COCO, TINY_MODEL, load_script, run_train, synthetic_overrides
+from tests.conftest import REPO, SHARED_TINY_COCO, TINY_MODEL, run_train, synthetic_overrides
 
 def test_run_folder_contents(trained_run: Path) -> None:
     for name in ("config.yaml", "train.log", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
@@ -104,8 +105,7 @@ def test_refuses_to_overwrite_a_run(trained_run: Path) -> None:
 
 
 def test_predict_script(trained_run: Path, synthetic: Path, tmp_path: Path) -> None:
-    predict = load_script("predict")
-    code = predict.main(
+    code = predict_cli.main(
         ["--checkpoint", str(trained_run / "checkpoints" / "last.pt"), "--input", str(synthetic / "val"),
          "--output-dir", str(tmp_path), "--score-thresh", "0.0"]
     )

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import load_script
+from retinanet.cli import benchmark
 
 
 def test_benchmark_writes_positive_figures(tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    benchmark = load_script("benchmark")
     args = ["--device", "cpu", "--backbone", "resnet18", "--size", "64", "--batch-size", "1", "--iters", "1",
             "--warmup", "1", "--rows", "ours_fp32", "--workers", "0", "--loader-batches", "1", "--eval-images", "3",
             "--json", str(out)]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import evaluate
-import train
-from retinanet.errors import run_cli
+from retinanet.cli import evaluate
+from retinanet.cli import train
+from retinanet.cli.common import run_cli
 from tests.conftest import REPO, synthetic_overrides
 
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")

@@ -16,19 +16,21 @@ import pytest
 import torch
 import yaml
 
-import evaluate
-import train
+from retinanet.cli import evaluate
+from retinanet.cli import train
 from retinanet.config import ConfigError
-from retinanet.errors import user_errors
-from tests.conftest import REPO, load_script, synthetic_overrides
+from retinanet.cli.common import USER_ERRORS
+from tests.conftest import REPO, synthetic_overrides
 
-compare = load_script("compare_losses")
+from retinanet.cli import compare_losses as compare_cli
+from retinanet.studies import compare_losses as compare
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
 def _script(command: list[str]) -> str:
-    return Path(command[1]).name
+    """[python, -m, retinanet.cli.train, ...] -> "train"."""
+    return command[2].rsplit(".", 1)[1]
 
 
 def _run_dir(command: list[str]) -> str:
@@ -42,13 +44,13 @@ def in_process(calls: list[list[str]]):
 
     def launcher(command: list[str], log_path: Path, env: dict[str, str]) -> int:
         calls.append(command)
-        module = {"train.py": train, "evaluate.py": evaluate}[_script(command)]
+        module = {"train": train, "evaluate": evaluate}[_script(command)]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as handle:
             handle.write(f"$ {' '.join(command)}\n")
             try:
-                return module.main(command[2:])
-            except (ConfigError, *user_errors()) as exc:  # what run_cli turns into one line and an exit code
+                return module.main(command[3:])
+            except (ConfigError, *USER_ERRORS) as exc:  # what run_cli turns into one line and an exit code
                 handle.write(f"error: {exc}\n")
                 return 2 if isinstance(exc, ConfigError) else 1
 
@@ -110,7 +112,7 @@ def test_each_run_is_reused_evaluated_resumed_or_trained(synthetic: Path, tmp_pa
 
     def launcher(command: list[str], log_path: Path, env: dict[str, str]) -> int:
         calls.append(command)
-        if _script(command) == "evaluate.py":
+        if _script(command) == "evaluate":
             _write_eval(tmp_path / "runs" / _run_dir(command), ap[_run_dir(command)])
         return 0
 
@@ -123,12 +125,12 @@ def test_each_run_is_reused_evaluated_resumed_or_trained(synthetic: Path, tmp_pa
         (runs / name / "checkpoints").mkdir(parents=True)
         torch.save({"model": {}, "iteration": iteration, "train_seconds": 12.5}, runs / name / "checkpoints" / "last.pt")
 
-    assert compare.main(argv, launcher=launcher) == 0
+    assert compare_cli.main(argv, launcher=launcher) == 0
     done = [(_script(c), _run_dir(c), "--resume" in c) for c in calls]
     assert done == [
-        ("evaluate.py", "bce-a0.75-s42", False),  # trained to max_iters: only evaluated
-        ("train.py", "focal-g2-a0.25-s43", True), ("evaluate.py", "focal-g2-a0.25-s43", False),  # continued
-        ("train.py", "bce-a0.75-s43", False), ("evaluate.py", "bce-a0.75-s43", False),  # fresh
+        ("evaluate", "bce-a0.75-s42", False),  # trained to max_iters: only evaluated
+        ("train", "focal-g2-a0.25-s43", True), ("evaluate", "focal-g2-a0.25-s43", False),  # continued
+        ("train", "bce-a0.75-s43", False), ("evaluate", "bce-a0.75-s43", False),  # fresh
     ]
     seed_sets = [c[c.index("--set") + 1:] for c in calls if _run_dir(c) == "bce-a0.75-s43"]
     assert all(s[-3:] == ["loss.alpha=0.75", "loss.type=bce", "train.seed=43"] for s in seed_sets)
@@ -151,7 +153,7 @@ def test_each_run_is_reused_evaluated_resumed_or_trained(synthetic: Path, tmp_pa
     saved = yaml.safe_load(yaml.safe_dump({"model": {"num_classes": 5}, "train": {"max_iters": 99}}))
     (runs / "focal-g2-a0.25-s42" / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(FileExistsError, match="focal-g2-a0.25-s42 holds a run with another config"):
-        compare.main(argv, launcher=launcher)
+        compare_cli.main(argv, launcher=launcher)
 
 
 def _write_eval(run_dir: Path, ap: float) -> None:
@@ -210,7 +212,7 @@ def study(synthetic: Path, tmp_path_factory) -> tuple[Path, list[str], int]:
     sets = synthetic_overrides(synthetic) + ["train.max_iters=1", "train.batch_size=2", "eval.num_vis_images=0"]
     argv = ["--config", DEMO, "--losses", f"focal,bce:alpha=0.75,ohem:train.init_from={out / 'missing.pt'}",
             "--output-dir", str(out), "--set", *sets]
-    return out, argv, compare.main(argv, launcher=in_process([]))
+    return out, argv, compare_cli.main(argv, launcher=in_process([]))
 
 
 def test_failed_run_is_reported_and_the_others_complete(study, synthetic: Path) -> None:
@@ -245,16 +247,16 @@ def test_rerun_reuses_finished_runs_and_evaluates_a_trained_one(study, caplog) -
     before = [p.stat().st_mtime_ns for p in watched]
     calls: list[list[str]] = []
     with caplog.at_level(logging.INFO):
-        assert compare.main(argv, launcher=in_process(calls)) == 1  # the failed run is retried and fails again
-    assert [(_script(c), _run_dir(c)) for c in calls] == [("train.py", next(n for n in _rows(out) if "ohem" in n))]
+        assert compare_cli.main(argv, launcher=in_process(calls)) == 1  # the failed run is retried and fails again
+    assert [(_script(c), _run_dir(c)) for c in calls] == [("train", next(n for n in _rows(out) if "ohem" in n))]
     assert [p.stat().st_mtime_ns for p in watched] == before
     assert "focal-g2-a0.25-s42: reused" in caplog.text and "bce-a0.75-s42: reused" in caplog.text
 
     shutil.rmtree(focal / "eval")  # interrupted after training, before evaluation
     calls.clear()
-    assert compare.main(argv, launcher=in_process(calls)) == 1
+    assert compare_cli.main(argv, launcher=in_process(calls)) == 1
     assert [(_script(c), _run_dir(c)) for c in calls if "ohem" not in _run_dir(c)] == [
-        ("evaluate.py", "focal-g2-a0.25-s42")
+        ("evaluate", "focal-g2-a0.25-s42")
     ]
     assert (focal / "checkpoints" / "last.pt").stat().st_mtime_ns == before[0]
     rows = _rows(out)

@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from data.coco import CategoryMap, CocoDetection
-from data.collate import Batch, aspect_ratio_group_ids, collate, seed_worker
-from data.sampler import TrainBatchSampler
-from data.transforms import DEFAULT_TRAIN_AUGMENTATIONS, build_transforms
-from retinanet.preprocess import normalize
-from retinanet.types import Target
+from retinanet.data.coco import CategoryMap, CocoDetection
+from retinanet.data.collate import Batch, aspect_ratio_group_ids, collate, seed_worker
+from retinanet.data.sampler import TrainBatchSampler
+from retinanet.data.transforms import DEFAULT_TRAIN_AUGMENTATIONS, build_transforms
+from retinanet.modeling.preprocess import normalize
+from retinanet.structures import Target
 
 TINY_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco"
 
@@ -443,7 +443,7 @@ def test_tiny_coco_subset_loads() -> None:
 
 def test_train_resize_matches_detector_resize() -> None:
     """The data pipeline and retinanet.Detector must produce inputs of the same size."""
-    from retinanet.preprocess import resize_image
+    from retinanet.modeling.preprocess import resize_image
 
     for h, w in [(30, 49), (427, 640), (480, 640), (333, 500), (213, 320), (640, 359)]:
         image = np.zeros((h, w, 3), dtype=np.uint8)
@@ -452,7 +452,7 @@ def test_train_resize_matches_detector_resize() -> None:
 
 
 def test_denormalize_inverts_normalize() -> None:
-    from retinanet.preprocess import denormalize
+    from retinanet.modeling.preprocess import denormalize
 
     image = torch.rand(3, 5, 7)
     torch.testing.assert_close(denormalize(normalize(image)), image)

@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import evaluate
-from data.loaders import build_dataset, build_train_loader
-from retinanet import distributed
+from retinanet.cli import evaluate
+from retinanet.data.loaders import build_dataset, build_train_loader
+from retinanet.engine import distributed
 from retinanet.config import ConfigError, load_config
-from retinanet.evaluator import STAT_NAMES
-from retinanet.model import build_criterion, build_model
-from retinanet.types import Target
+from retinanet.evaluation.evaluator import STAT_NAMES
+from retinanet.modeling.model import build_criterion, build_model
+from retinanet.structures import Target
 from tests.conftest import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
 
 pytestmark = pytest.mark.skipif(

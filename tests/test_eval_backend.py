@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from retinanet.config import ConfigError, load_config
-from retinanet.evaluator import STAT_NAMES, CocoEvaluator
+from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator
 from tests.conftest import SHARED_TINY_COCO
 
 requires_faster_coco_eval = pytest.mark.skipif(

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retinanet.box_coder import BoxCoder
-from retinanet.losses import DetectionLoss, focal_loss_sum, sigmoid_focal_loss
-from retinanet.matcher import Matcher
-from retinanet.types import HeadOutputs, Target
+from retinanet.modeling.box_coder import BoxCoder
+from retinanet.modeling.losses import DetectionLoss, focal_loss_sum, sigmoid_focal_loss
+from retinanet.modeling.matcher import Matcher
+from retinanet.structures import HeadOutputs, Target
 
 N, R, K = 2, 300, 7
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from retinanet.evaluator import STAT_NAMES
-from retinanet.logger import RunLogger, setup_file_logging
-from retinanet.visualize import GREEN, RED, draw_comparison, draw_detections
+from retinanet.evaluation.evaluator import STAT_NAMES
+from retinanet.engine.logger import RunLogger, setup_file_logging
+from retinanet.evaluation.visualize import GREEN, RED, draw_comparison, draw_detections
 
 
 def eval_metrics() -> dict:

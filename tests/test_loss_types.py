@@ -4,12 +4,12 @@ import logging
 import pytest
 import torch
 
-from retinanet.box_coder import BoxCoder
+from retinanet.modeling.box_coder import BoxCoder
 from retinanet.config import ConfigError, load_config
-from retinanet.losses import DetectionLoss, sigmoid_focal_loss
-from retinanet.matcher import Matcher
-from retinanet.model import build_criterion
-from retinanet.types import HeadOutputs, Target
+from retinanet.modeling.losses import DetectionLoss, sigmoid_focal_loss
+from retinanet.modeling.matcher import Matcher
+from retinanet.modeling.model import build_criterion
+from retinanet.structures import HeadOutputs, Target
 from tests.conftest import TINY_OVERRIDES
 
 ANCHORS = torch.tensor(

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
-from retinanet.box_coder import BoxCoder
-from retinanet.losses import DetectionLoss, sigmoid_focal_loss
-from retinanet.matcher import Matcher
-from retinanet.types import HeadOutputs, Target
+from retinanet.modeling.box_coder import BoxCoder
+from retinanet.modeling.losses import DetectionLoss, sigmoid_focal_loss
+from retinanet.modeling.matcher import Matcher
+from retinanet.structures import HeadOutputs, Target
 
 GRID = list(itertools.product([0.0, 0.5, 2.0, 5.0], [-1.0, 0.25, 0.75], ["none", "mean", "sum"]))
 

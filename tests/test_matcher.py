@@ -3,8 +3,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_area, box_iou
 
-import retinanet.matcher as matcher_module
-from retinanet.matcher import BACKGROUND, IGNORE, Matcher
+import retinanet.modeling.matcher as matcher_module
+from retinanet.modeling.matcher import BACKGROUND, IGNORE, Matcher
 
 
 def test_thresholds_and_ignore_band() -> None:

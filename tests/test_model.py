@@ -5,7 +5,7 @@ import torch
 
 from retinanet import Detector, build_criterion, build_model
 from retinanet.config import load_config
-from retinanet.types import Target
+from retinanet.structures import Target
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -55,7 +55,7 @@ def test_frozen_stages_with_weights(tmp_path) -> None:
 
 
 def test_missing_weights_file_is_clear(tiny_cfg) -> None:
-    from retinanet.backbone import WeightsError
+    from retinanet.modeling.backbone import WeightsError
 
     cfg = load_config(None, TINY_OVERRIDES + ["model.backbone.weights=/no/such/file.pth"])
     with pytest.raises(WeightsError, match="file not found"):

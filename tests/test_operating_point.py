@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-import evaluate
-from retinanet.engine import CheckpointError
-from retinanet.errors import run_cli
-from retinanet.evaluator import CocoEvaluator
-from retinanet.operating_point import OperatingPoint, find_threshold, keep_mask, search
-from tests.conftest import REPO, load_script, make_coco, synthetic_overrides
+from retinanet.cli import evaluate
+from retinanet.cli import predict as predict_cli
+from retinanet.fileio import RunFileError
+from retinanet.cli.common import run_cli
+from retinanet.evaluation.evaluator import CocoEvaluator
+from retinanet.evaluation.operating_point import OperatingPoint, find_threshold, keep_mask, search
+from tests.conftest import REPO, make_coco, synthetic_overrides
 
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
 
@@ -203,7 +204,7 @@ def copy_run(trained_run: Path, dest: Path, with_operating_point: bool = True) -
 
 
 def run_predict(checkpoint: Path, image: Path, out: Path, *flags: str) -> list[dict]:
-    assert load_script("predict").main(["--checkpoint", str(checkpoint), "--input", str(image),
+    assert predict_cli.main(["--checkpoint", str(checkpoint), "--input", str(image),
                                         "--output-dir", str(out), *flags]) == 0
     return json.loads((out / "detections.json").read_text())
 
@@ -334,5 +335,5 @@ def test_predict_without_operating_point_uses_the_default_and_says_so(
     (run / "operating_point.json").write_text("{}")
     out, _ = predict_records(checkpoint, val_image, tmp_path / "pred2", capsys, "--score-thresh", "0.7")
     assert "score threshold 0.7 for every class (--score-thresh)" in out  # the override never reads the file
-    with pytest.raises(CheckpointError, match="operating_point.json: not a valid operating point file"):
+    with pytest.raises(RunFileError, match="operating_point.json: not a valid operating point file"):
         run_predict(checkpoint, val_image, tmp_path / "pred3")

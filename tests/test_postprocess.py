@@ -1,8 +1,8 @@
 import torch
 
-from retinanet.box_coder import BoxCoder
-from retinanet.postprocess import PostProcess
-from retinanet.types import HeadOutputs
+from retinanet.modeling.box_coder import BoxCoder
+from retinanet.modeling.postprocess import PostProcess
+from retinanet.structures import HeadOutputs
 
 # two levels: 3 anchors then 2 anchors, K = 2 classes
 ANCHORS = torch.tensor(

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import evaluate
+from retinanet.cli import evaluate
 from retinanet.config import load_config
-from retinanet.engine import (
-    CheckpointError, load_checkpoint, load_for_finetune, load_model_weights, save_checkpoint, write_text_atomic,
-)
-from retinanet.losses import DetectionLoss
-from retinanet.model import build_model
+from retinanet.engine.checkpoint import CheckpointError, load_checkpoint, load_for_finetune, load_model_weights, save_checkpoint
+from retinanet.fileio import write_text_atomic
+from retinanet.modeling.losses import DetectionLoss
+from retinanet.modeling.model import build_model
 from tests.conftest import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
 
 
@@ -138,7 +137,7 @@ def test_sigterm_saves_and_resume_continues(synthetic: Path, tmp_path: Path) -> 
 
 def test_evaluate_rejects_a_foreign_results_file(synthetic: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"not": "a list"}')
-    from data.loaders import DatasetError
+    from retinanet.data.loaders import DatasetError
 
     with pytest.raises(DatasetError, match="expected a COCO results list"):
         evaluate.main(["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--predictions", str(tmp_path / "bad.json"),

@@ -12,20 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data.coco import CocoDetection
+from retinanet.data.coco import CocoDetection
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_synthetic_dataset.py"
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_synthetic_dataset", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-synthetic = _load_script()
+from retinanet.cli import make_synthetic_dataset as synthetic_cli
+from retinanet.data import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +120,7 @@ def test_loads_through_coco_detection(dataset_dir: Path) -> None:
 
 def test_complete_output_is_kept_and_incomplete_regenerated(tmp_path: Path) -> None:
     out = tmp_path / "syn"
-    synthetic.main(["--output", str(out), "--num-train", "4", "--num-val", "2", "--image-size", "64"])
+    synthetic_cli.main(["--output", str(out), "--num-train", "4", "--num-val", "2", "--image-size", "64"])
     ann = out / "annotations" / "instances_train.json"
     stamp = ann.stat().st_mtime_ns
     synthetic.make_dataset(out, seed=0, num_train=4, num_val=2, image_size=64)
@@ -145,5 +135,5 @@ def test_complete_output_is_kept_and_incomplete_regenerated(tmp_path: Path) -> N
     png.write_bytes(b"corrupt")
     synthetic.make_dataset(out, seed=0, num_train=3, num_val=2, image_size=64)
     assert png.read_bytes() == b"corrupt"  # complete by its json: skipped
-    synthetic.main(["--output", str(out), "--num-train", "3", "--num-val", "2", "--image-size", "64", "--force"])
+    synthetic_cli.main(["--output", str(out), "--num-train", "3", "--num-val", "2", "--image-size", "64", "--force"])
     assert png.read_bytes() == good

@@ -3,14 +3,14 @@ import pytest
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
 
-from retinanet.compat import (
+from retinanet.modeling.compat import (
     convert_state_dict,
     from_torchvision,
     load_torchvision_state_dict,
     loss_from_torchvision,
     torchvision_head_outputs,
 )
-from retinanet.types import Target
+from retinanet.structures import Target
 
 BUILDERS = {"v1": retinanet_resnet50_fpn, "v2": retinanet_resnet50_fpn_v2}
 

@@ -18,14 +18,15 @@ import pytest
 import torch
 from PIL import Image
 
-from data.coco import CocoDetection
-from data.loaders import DatasetError as LoadersDatasetError
-from data.loaders import build_dataset
-from data.validate import FIX_HINT, PROBLEMS, DatasetError, load_coco_json, validate_coco
+from retinanet.data.coco import CocoDetection
+from retinanet.data.loaders import DatasetError as LoadersDatasetError
+from retinanet.data.loaders import build_dataset
+from retinanet.data.validate import FIX_HINT, PROBLEMS, DatasetError, load_coco_json, validate_coco
 from retinanet.config import ConfigError, load_config
-from retinanet.evaluator import CocoEvaluator, detections_to_coco
-from retinanet.types import Detections
-from tests.conftest import REPO, SHARED_TINY_COCO, load_script
+from retinanet.evaluation.evaluator import CocoEvaluator, detections_to_coco
+from retinanet.structures import Detections
+from retinanet.cli import check_dataset as check_dataset_cli
+from tests.conftest import REPO, SHARED_TINY_COCO
 
 CLEAN: dict[str, Any] = {
     "images": [
@@ -423,7 +424,7 @@ def test_train_stops_with_one_error_line_not_a_traceback(tmp_path: Path) -> None
 
 
 def run_check(capsys: pytest.CaptureFixture, images: Path, annotations: Path) -> tuple[int, str, str]:
-    code = load_script("check_dataset").main(["--images", str(images), "--annotations", str(annotations)])
+    code = check_dataset_cli.main(["--images", str(images), "--annotations", str(annotations)])
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -1,0 +1,145 @@
+"""COCO evaluation of a checkpoint, or of an existing COCO results file.
+
+    python evaluate.py --config FILE --checkpoint CKPT [--output-dir DIR] [--set KEY=VALUE ...]
+    python evaluate.py --config FILE --predictions RESULTS.json [--output-dir DIR]
+    add --target-precision P or --target-recall R to choose score thresholds (operating point)
+
+Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class) and,
+with a checkpoint, OUTPUT_DIR/detections.json (COCO results: original image and category ids).
+With a target: OUTPUT_DIR/operating_point.json and, for a checkpoint, operating_point.json and
+MODEL_CARD.md in its run folder (the checkpoint's parent's parent), where predict.py finds them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from retinanet.data.loaders import DatasetError, build_dataset, build_val_loader
+from retinanet.config import ConfigError, load_config, replace
+from retinanet.engine.runtime import check_amp, place_model, resolve_device
+from retinanet.engine.inference import evaluate
+from retinanet.engine.checkpoint import load_checkpoint, load_model_weights
+from retinanet.cli.common import run_cli
+from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
+from retinanet.modeling.model import build_model, build_postprocess
+from retinanet.evaluation.model_card import update_model_card
+from retinanet.evaluation.operating_point import IOU, format_operating_point_table, save_report, search
+
+log = logging.getLogger("retinanet")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (its data.val split is evaluated)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint written by train.py")
+    source.add_argument("--predictions", help="COCO results JSON to evaluate without a model")
+    parser.add_argument("--output-dir", default=None, help="where to write metrics.json (default: beside the input)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--target-precision", metavar="P", help="score thresholds: most recall at precision >= P")
+    target.add_argument("--target-recall", metavar="R", help="the highest score thresholds with recall >= R")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser.parse_args(argv)
+
+
+def metrics_for_file(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The documented metrics.json layout: the 12 COCO numbers and per_class keyed by category name."""
+    out = {k: None if math.isnan(metrics[k]) else metrics[k] for k in STAT_NAMES}
+    out["per_class"] = metrics["per_class"]
+    return out
+
+
+def parse_target(args: argparse.Namespace) -> dict[str, float] | None:
+    """--target-precision / --target-recall -> search() keyword, checked to lie in (0, 1]."""
+    for flag, key in (("--target-precision", "target_precision"), ("--target-recall", "target_recall")):
+        raw = getattr(args, key)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"{flag} {raw}: must be a number in (0, 1], e.g. {flag} 0.9")
+        return {key: value}
+    return None
+
+
+def load_results(path: Path) -> list[dict]:
+    try:
+        records = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--predictions {path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"--predictions {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(records, list) or any(not {"image_id", "category_id", "bbox", "score"} <= set(r) for r in records):
+        raise DatasetError(
+            f"--predictions {path}: expected a COCO results list of {{image_id, category_id, bbox, score}} records"
+        )
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    target = parse_target(args)
+    cfg = load_config(args.config, args.set)
+    val_set = build_dataset(cfg, "val", args.config)
+    evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=target is not None)
+
+    default_dir = Path(args.predictions).parent if args.predictions else Path(args.checkpoint).parent.parent
+    out_dir = Path(args.output_dir or default_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.predictions:
+        evaluator.update(load_results(Path(args.predictions)))
+        metrics = evaluator.compute()
+    else:
+        ckpt_path = Path(args.checkpoint)
+        device = resolve_device(cfg.train.device)
+        check_amp(cfg.train.amp, device, args.config)
+        state = load_checkpoint(ckpt_path)
+        ckpt_ids = [c["id"] for c in state.get("categories", [])]
+        if ckpt_ids and ckpt_ids != val_set.category_map.category_ids:
+            raise DatasetError(
+                f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the "
+                f"checkpoint's {ckpt_ids[:10]}; evaluate on a set with the training categories"
+            )
+        cfg = replace(cfg, **{"model.num_classes": len(ckpt_ids) or val_set.category_map.num_classes})
+        model = place_model(build_model(cfg), device, cfg.train.channels_last)
+        load_model_weights(model, state["model"], ckpt_path)
+        metrics, results, _ = evaluate(
+            model, build_postprocess(cfg), build_val_loader(cfg, val_set), evaluator,
+            val_set.category_map.category_ids, device, cfg.train.amp,
+        )
+        (out_dir / "detections.json").write_text(json.dumps(results))
+        log.info("wrote %d detections to %s", len(results), out_dir / "detections.json")
+
+    (out_dir / "metrics.json").write_text(json.dumps(metrics_for_file(metrics), indent=2))
+    print(format_metrics_table(metrics))
+    print(f"metrics: {out_dir / 'metrics.json'}")
+    if target is not None:
+        names = {entry["id"]: name for name, entry in metrics["per_class"].items()}
+        source = {"split": str(val_set.annotations_file)}
+        # A checkpoint in a run folder's checkpoints/ stores its operating point and card with the run.
+        run_dir = default_dir if args.checkpoint and ckpt_path.parent.name == "checkpoints" else None
+        if args.predictions:
+            source["predictions"] = str(args.predictions)
+        else:
+            source["checkpoint"] = str(ckpt_path.relative_to(default_dir)) if run_dir else str(ckpt_path)
+            source["iteration"] = state.get("iteration")
+        report = search(evaluator.matches(iou=IOU), names, source=source, **target)
+        print(format_operating_point_table(report))
+        written = save_report(report, out_dir, *([run_dir] if run_dir else []))
+        if run_dir is not None:
+            written.append(update_model_card(run_dir, cfg, val_set, metrics, report, ckpt_path, state))
+        print("operating point: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,125 @@
+"""Run a checkpoint on an image or a folder of images through `retinanet.Detector`.
+
+    python scripts/predict.py --checkpoint runs/demo_cpu/checkpoints/best.pt --input IMAGE_OR_DIR \
+        [--output-dir DIR] [--score-thresh 0.3] [--device auto]
+
+Score thresholds: by default the operating point stored in the checkpoint's run folder
+(`operating_point.json` beside `checkpoints/`, written by train.py and by evaluate.py --target-*),
+per class when it has them; `--score-thresh` sets one threshold for every class; without either,
+0.3. The thresholds used are printed.
+
+Writes every image with its boxes, class names and scores drawn, and `detections.json`
+(COCO results with the checkpoint's category ids; `image_id` is the position in the sorted
+file list, and `file_name` names the image).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from retinanet.data.coco import load_image
+from retinanet.config import from_dict
+from retinanet.modeling.detector import Detector
+from retinanet.engine.checkpoint import load_checkpoint, load_model_weights
+from retinanet.engine.runtime import resolve_device
+from retinanet.evaluation.operating_point import FILE_NAME, keep_mask, load_report, thresholds_for
+from retinanet.cli.common import run_cli
+from retinanet.evaluation.evaluator import detections_to_coco
+from retinanet.structures import Detections
+from retinanet.evaluation.visualize import draw_detections
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+DEFAULT_SCORE_THRESH = 0.3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output-dir", default="predictions")
+    parser.add_argument(
+        "--score-thresh", type=float, default=None,
+        help=f"minimum score for every class (default: the run's {FILE_NAME}, else {DEFAULT_SCORE_THRESH})",
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser.parse_args(argv)
+
+
+def list_images(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            return files
+        raise FileNotFoundError(f"--input {path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    raise FileNotFoundError(f"--input {path}: no such file or folder")
+
+
+def choose_thresholds(
+    score_thresh: float | None, ckpt_path: Path, state: dict, categories: list[dict]
+) -> tuple[list[float], str]:
+    """One score threshold per contiguous label, and a line saying where they come from."""
+    k = len(categories)
+    if score_thresh is not None:
+        return [score_thresh] * k, f"score threshold {score_thresh:g} for every class (--score-thresh)"
+    run_dir = ckpt_path.parent.parent
+    report = load_report(run_dir)
+    values, how = thresholds_for(report, [c["id"] for c in categories]) if report is not None else ([None] * k, "")
+    if all(v is None for v in values):
+        why = f"no {FILE_NAME} in {run_dir}" if report is None else f"{run_dir / FILE_NAME} has no defined threshold"
+        return [DEFAULT_SCORE_THRESH] * k, (
+            f"{why}; using the default score threshold {DEFAULT_SCORE_THRESH:g} for every class "
+            "(evaluate.py --target-precision P stores one; --score-thresh sets one)"
+        )
+    values = [DEFAULT_SCORE_THRESH if v is None else v for v in values]
+    listed = ", ".join(f"{c['name']} {v:.5g}" for c, v in zip(categories, values))
+    note = f"score thresholds from {run_dir / FILE_NAME} ({report.describe_target()}, {how}): {listed}"
+    iteration = report.source.get("iteration")
+    if iteration is not None and iteration != state.get("iteration"):
+        note += (f" [found for {report.source.get('checkpoint')} at iteration {iteration}; this checkpoint is at "
+                 f"iteration {state.get('iteration')}]")
+    return values, note
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ckpt_path = Path(args.checkpoint)
+    state = load_checkpoint(ckpt_path)
+    cfg = from_dict(state["config"], f"{ckpt_path} (config)")
+    categories = state["categories"]
+    device = resolve_device(args.device)
+    detector = Detector.from_config(cfg, num_classes=len(categories))
+    load_model_weights(detector.model, state["model"], ckpt_path)
+    detector.to(device).eval()
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [c["name"] for c in categories]
+    category_ids = [c["id"] for c in categories]
+    thresholds, note = choose_thresholds(args.score_thresh, ckpt_path, state, categories)
+    print(note)
+    records = []
+    for image_id, path in enumerate(list_images(Path(args.input))):
+        image = load_image(path)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
+        det = detector([tensor])[0]
+        keep = keep_mask(det["scores"], det["labels"], thresholds)
+        kept = Detections(det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu())
+        drawn = draw_detections(image, kept.boxes_xyxy, [names[int(l)] for l in kept.labels], kept.scores.tolist())
+        Image.fromarray(drawn).save(out_dir / f"{path.stem}.png")
+        records += [{**r, "file_name": path.name} for r in detections_to_coco(image_id, kept, category_ids)]
+        print(f"{path.name}: {int(keep.sum())} detections")
+    (out_dir / "detections.json").write_text(json.dumps(records))
+    print(f"wrote {out_dir}/ (drawn images and detections.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,245 @@
+"""COCO-format detection datasets: json + image folder -> (image, Target).
+
+The COCO file format (`bbox_xywh`, dataset category ids) stops here; everything downstream sees
+`boxes_xyxy` in pixels and contiguous labels 0..K-1, and `CategoryMap` maps labels back for evaluation.
+The json is validated first (`data.validate`), so a bad record stops here with a report instead of
+failing later.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from retinanet.data.transforms import to_tensors
+from retinanet.data.validate import (
+    DatasetError,
+    InvalidRecordsError,
+    ValidationReport,
+    clean_coco,
+    load_coco_json,
+    skip_message,
+    validate_coco,
+)
+from retinanet.structures import Target
+
+logger = logging.getLogger("retinanet.data")
+
+# (image uint8 HWC, boxes_xyxy (M,4), labels (M,), iscrowd (M,)) -> (image (3,H,W), boxes_xyxy, labels, iscrowd)
+TransformFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+class CategoryMap:
+    """Dataset category ids (any integers, gaps allowed) <-> contiguous labels 0..K-1.
+
+    Labels follow sorted category ids, so the mapping depends only on the declared categories,
+    never on which of them a split happens to use. Every category given is kept; `CocoDetection`
+    leaves out Roboflow's unused placeholder before building the map (see `data.validate`).
+    """
+
+    def __init__(self, categories: Sequence[Mapping[str, Any]]) -> None:
+        by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+        if len(by_id) != len(categories):
+            raise ValueError("duplicate category ids in the categories list")
+        if not by_id:
+            raise ValueError("the categories list is empty")
+        self.category_ids: list[int] = sorted(by_id)
+        self.names: list[str] = [by_id[i] for i in self.category_ids]
+        self._label_of = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
+        self._ids_table = torch.tensor(self.category_ids, dtype=torch.int64)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def to_label(self, category_id: int) -> int:
+        try:
+            return self._label_of[int(category_id)]
+        except KeyError:
+            raise KeyError(f"category id {category_id} is not declared; known ids: {self.category_ids}") from None
+
+    def to_category_id(self, label: int) -> int:
+        if not 0 <= int(label) < self.num_classes:
+            raise IndexError(f"label {label} is out of range 0..{self.num_classes - 1}")
+        return self.category_ids[int(label)]
+
+    def labels_to_category_ids(self, labels: Tensor) -> Tensor:
+        """Vectorized `to_category_id` for a tensor of labels on any device; returns int64."""
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise IndexError(f"labels must be in 0..{self.num_classes - 1}")
+        return self._ids_table.to(labels.device)[labels.long()]
+
+    def __len__(self) -> int:
+        return self.num_classes
+
+    def __repr__(self) -> str:
+        return f"CategoryMap(num_classes={self.num_classes}, category_ids={self.category_ids})"
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 (H, W, 3) RGB, upright per its EXIF orientation.
+
+    `convert("RGB")` turns grayscale, RGBA and palette files into three channels.
+    """
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+@dataclass(frozen=True)
+class _ImageAnnotations:
+    """Validated ground truth of one image, in the json image frame."""
+
+    boxes_xyxy: np.ndarray  # (M, 4) float32, clipped, width and height >= 1
+    labels: np.ndarray  # (M,) int64 contiguous
+    iscrowd: np.ndarray  # (M,) bool
+
+
+class CocoDetection(Dataset):
+    """COCO json + image folder -> (image (3,H,W) float in [0,1], Target).
+
+    Annotations are parsed and validated once here, so bad boxes are counted once and items are cheap.
+    Boxes are assumed to be in the frame of the upright (EXIF-applied) image, like the json's width/height.
+    Crowd boxes are kept and flagged (`iscrowd=True`); the matcher must never make them positives.
+
+    Invalid records (see `data.validate.PROBLEMS`) raise a `DatasetError` listing all of them with
+    `on_invalid="error"`; with `"skip"` they are left out (a bad image file takes its annotations
+    along) and a summary is logged. `self.coco` holds the cleaned copy, which the evaluator uses.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        annotations_file: str | Path,
+        transforms: TransformFn | None = None,
+        keep_empty: bool = True,
+        on_invalid: str = "error",
+    ) -> None:
+        if on_invalid not in ("error", "skip"):
+            raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+        self.images_dir = Path(images_dir)
+        self.annotations_file = Path(annotations_file)
+        self.transforms = transforms
+        self.report, self.coco = self._load_valid(on_invalid)
+        self.category_map = CategoryMap(self.coco.dataset["categories"])
+
+        ids: list[int] = []
+        annotations: list[_ImageAnnotations] = []
+        num_dropped = num_empty = num_crowd = 0
+        for image_id in sorted(self.coco.imgs):
+            parsed, dropped = self._parse_image(image_id)
+            num_dropped += dropped
+            has_positive = bool((~parsed.iscrowd).any())
+            if not has_positive and not keep_empty:
+                continue
+            num_empty += int(len(parsed.labels) == 0)
+            num_crowd += int(parsed.iscrowd.sum())
+            ids.append(image_id)
+            annotations.append(parsed)
+        self.ids: list[int] = ids
+        self._annotations = annotations
+        self.num_dropped_boxes = num_dropped
+
+        if num_dropped:
+            logger.warning(
+                "%s: dropped %d boxes with width or height < 1 px after clipping to the image",
+                self.annotations_file.name,
+                num_dropped,
+            )
+        logger.info(
+            "%s: %d images (%d without boxes, keep_empty=%s), %d crowd boxes, %d categories",
+            self.annotations_file.name,
+            len(ids),
+            num_empty,
+            keep_empty,
+            num_crowd,
+            self.category_map.num_classes,
+        )
+
+    def _load_valid(self, on_invalid: str) -> tuple[ValidationReport, COCO]:
+        """Read and validate the json, stop or leave out the bad records, and index the cleaned copy."""
+        source = self.annotations_file
+        dataset = load_coco_json(source)
+        start = time.perf_counter()
+        report = validate_coco(dataset, self.images_dir, check_images=True)
+        logger.info(
+            "%s: checked %d images and %d annotations in %.1f s",
+            source.name, report.num_images, report.num_annotations, time.perf_counter() - start,
+        )
+        if not report.ok and on_invalid == "error":
+            raise InvalidRecordsError(report.error_message(source))
+        result = clean_coco(dataset, report)
+        if not report.ok:
+            logger.warning(skip_message(source, report, result))
+        if report.note_counts:
+            logger.warning(report.notes_message(source))
+        if not result.dataset["images"]:
+            raise DatasetError(
+                f"{source}: no image left after data.on_invalid=skip ({report.kind_counts()}){report.cause()}; "
+                "fix the records"
+            )
+        if not result.dataset["categories"]:
+            raise DatasetError(f"{source}: no valid category left ({report.kind_counts()}); fix the categories")
+        coco = COCO()
+        coco.dataset = result.dataset
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return report, coco
+
+    def _parse_image(self, image_id: int) -> tuple[_ImageAnnotations, int]:
+        """COCO annotations of one image -> clipped xyxy boxes and labels; returns them and the count dropped."""
+        info = self.coco.imgs[image_id]
+        width, height = float(info["width"]), float(info["height"])
+        anns = self.coco.imgToAnns.get(image_id, [])
+        if not anns:
+            empty = _ImageAnnotations(
+                np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+            )
+            return empty, 0
+        bbox_xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        boxes_xyxy = np.concatenate([bbox_xywh[:, :2], bbox_xywh[:, :2] + bbox_xywh[:, 2:]], axis=1)
+        boxes_xyxy[:, 0::2] = boxes_xyxy[:, 0::2].clip(0.0, width)
+        boxes_xyxy[:, 1::2] = boxes_xyxy[:, 1::2].clip(0.0, height)
+        keep = (boxes_xyxy[:, 2] - boxes_xyxy[:, 0] >= 1.0) & (boxes_xyxy[:, 3] - boxes_xyxy[:, 1] >= 1.0)
+        labels = np.array([self.category_map.to_label(a["category_id"]) for a in anns], dtype=np.int64)
+        iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        parsed = _ImageAnnotations(boxes_xyxy[keep].astype(np.float32), labels[keep], iscrowd[keep])
+        return parsed, int((~keep).sum())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image_id = self.ids[index]
+        path = self.images_dir / self.coco.imgs[image_id]["file_name"]
+        try:
+            image = load_image(path)
+        except OSError as exc:  # damage past the header, which start-up validation cannot see
+            raise DatasetError(f"{path}: cannot decode image {image_id} ({exc}); replace the file or remove the image") from None
+        ann = self._annotations[index]
+        transform = self.transforms if self.transforms is not None else to_tensors
+        image_t, boxes_xyxy, labels, iscrowd = transform(image, ann.boxes_xyxy, ann.labels, ann.iscrowd)
+        target = Target(
+            boxes_xyxy=boxes_xyxy,
+            labels=labels,
+            iscrowd=iscrowd,
+            image_id=int(image_id),
+            orig_size=(int(image.shape[0]), int(image.shape[1])),
+        )
+        return image_t, target
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of every item, from the json (no image is opened), for aspect-ratio grouping."""
+        return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]

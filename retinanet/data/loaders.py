@@ -1,0 +1,79 @@
+"""Datasets and DataLoaders built from the config: the only place that reads `cfg.data` and `cfg.input`."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Subset
+
+from retinanet.config import Config, ConfigError, SplitConfig
+
+from retinanet.data.coco import CocoDetection
+from retinanet.data.collate import aspect_ratio_group_ids, collate, seed_worker
+from retinanet.data.sampler import SeededDataset, TrainBatchSampler
+from retinanet.data.transforms import build_transforms
+from retinanet.data.validate import DatasetError
+
+__all__ = ["DatasetError", "build_dataset", "build_train_loader", "build_val_loader"]
+
+
+def build_dataset(cfg: Config, split: str, source: str = "config") -> CocoDetection:
+    """The train or val dataset; path and augmentation mistakes are ConfigErrors naming `source` and the key."""
+    paths: SplitConfig = getattr(cfg.data, split)
+    for key, value in (("images", paths.images), ("annotations", paths.annotations)):
+        if not value:
+            raise ConfigError(f"{source}: data.{split}.{key} is not set; set it or pass --set data.{split}.{key}=PATH")
+        if not Path(value).exists():
+            raise ConfigError(f"{source}: data.{split}.{key}: {value} does not exist; check the path")
+    train = split == "train"
+    try:
+        transforms = build_transforms(
+            train=train,
+            min_size=cfg.input.min_size if train else cfg.input.test_min_size,
+            max_size=cfg.input.max_size,
+            augmentations=cfg.data.augmentations,
+            min_visibility=cfg.data.min_visibility,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{source}: data.augmentations: {exc}") from None
+    return CocoDetection(
+        paths.images,
+        paths.annotations,
+        transforms,
+        keep_empty=cfg.data.keep_empty or not train,
+        on_invalid=cfg.data.on_invalid,
+    )
+
+
+def build_train_loader(
+    cfg: Config, dataset: CocoDetection, start_batch: int = 0, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """This rank's slice of every global batch of `cfg.train.batch_size` (the same batches at any world size)."""
+    if cfg.train.batch_size % world_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by world_size={world_size}")
+    groups = aspect_ratio_group_ids(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
+    sampler = TrainBatchSampler(
+        len(dataset), cfg.train.batch_size // world_size, cfg.train.seed, groups, start_batch=start_batch, rank=rank,
+        world_size=world_size,
+    )
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
+        worker_init_fn=seed_worker,
+        persistent_workers=cfg.data.num_workers > 0,
+        prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+    )
+
+
+def build_val_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches in dataset order over this rank's contiguous shard; the shards in rank order are the dataset."""
+    shard = -(-len(dataset) // world_size)
+    return DataLoader(
+        dataset if world_size == 1 else Subset(dataset, range(rank * shard, min(len(dataset), (rank + 1) * shard))),
+        batch_size=cfg.eval.batch_size,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
+    )

@@ -1,0 +1,121 @@
+"""Checkpoints: atomic writes, one-line errors, RNG state, and weight loading with clear messages."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from retinanet.fileio import RunFileError
+
+
+class CheckpointError(RunFileError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop touches, in types that torch.load(weights_only=True) accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict[str, Any], path: Path, keep_previous: bool = True) -> None:
+    """Write atomically: temp file, fsync, rename. The previous file survives as `<name>.prev.pt`.
+
+    A crash at any moment leaves either the old or the new checkpoint complete at `path`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"{path}: could not write the checkpoint ({str(exc).splitlines()[0][:100]}); the previous checkpoint "
+            "is intact; free disk space and continue with --resume"
+        ) from None
+    if keep_previous and path.exists():
+        prev = path.with_name(path.stem + ".prev.pt")
+        prev_tmp = path.with_name(f".{prev.name}.tmp")
+        shutil.copyfile(path, prev_tmp)
+        os.replace(prev_tmp, prev)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """torch.load with weights_only=True (no code runs from the file), with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; check the path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or corrupt files all end here
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            "the file may be truncated or not written by train.py"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: no 'model' entry; this is not a checkpoint written by train.py")
+    return state
+
+
+def load_model_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Load weights with a message that says which part differs (classes, backbone, head)."""
+    own = model.state_dict()
+    cls_key = "head.cls_logits.weight"
+    if cls_key in state_dict and cls_key in own and state_dict[cls_key].shape != own[cls_key].shape:
+        raise CheckpointError(
+            f"{path}: checkpoint head has {state_dict[cls_key].shape[0]} outputs, this model "
+            f"{own[cls_key].shape[0]} (different num_classes); to fine-tune on new classes pass it as "
+            f"--set train.init_from={path}, which loads everything but the classification output"
+        )
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or unexpected or mismatched:
+        example = (mismatched or missing or unexpected)[0]
+        raise CheckpointError(
+            f"{path}: weights do not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} with other shapes, e.g. '{example}'); use the config the checkpoint was trained "
+            "with (model.backbone.name, model.fpn.channels, model.head.*)"
+        )
+    model.load_state_dict(state_dict)
+
+
+def load_for_finetune(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Load every weight whose name and shape fit; returns the skipped names (e.g. a new class head)."""
+    own = model.state_dict()
+    usable = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return sorted(k for k in own if k not in usable)

@@ -1,0 +1,82 @@
+"""The evaluation loop: a model over a loader, detections to COCO records, one COCO evaluation (sharded under torchrun)."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from retinanet.engine import distributed
+from retinanet.engine.runtime import autocast
+from retinanet.evaluation.evaluator import CocoEvaluator, detections_to_coco
+from retinanet.modeling.postprocess import PostProcess
+from retinanet.structures import Detections
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    postprocess: PostProcess,
+    loader: Iterable,
+    device: torch.device,
+    amp: str = "none",
+) -> Iterable[tuple[Any, list[Detections]]]:
+    """Yields (batch, detections in original-image pixels) for every batch of an evaluation loader."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            images = batch.images.to(device, non_blocking=True)
+            with autocast(device, amp):
+                outputs = model(images)
+            orig = [t.orig_size for t in batch.targets]
+            yield batch, postprocess(outputs, batch.image_sizes, orig)
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model: nn.Module,
+    postprocess: PostProcess,
+    loader: Iterable,
+    evaluator: CocoEvaluator,
+    label_to_category_id: Sequence[int],
+    device: torch.device,
+    amp: str = "none",
+    keep_images: int = 0,
+) -> tuple[dict[str, Any], list[dict], list[tuple[Any, Detections, Any]]]:
+    """COCO metrics, the COCO result records, and up to `keep_images` (image, detections, target) for drawing.
+
+    Under torchrun `loader` holds this rank's contiguous shard of the val set: the records and image
+    ids of all shards are gathered in rank order (the dataset's order), rank 0 runs the one COCO
+    evaluation and sends its metrics to every rank. Rank 0 returns all records, the other ranks their
+    shard's; only rank 0's `evaluator` has computed.
+    """
+    sharded = distributed.is_distributed()
+    evaluator.reset()
+    results: list[dict] = []
+    image_ids: list[int] = []
+    kept: list[tuple[Any, Detections, Any]] = []
+    for batch, dets in predict(model, postprocess, loader, device, amp):
+        batch_records: list[dict] = []
+        for i, (det, target) in enumerate(zip(dets, batch.targets)):
+            det = Detections(det.boxes_xyxy.cpu(), det.scores.cpu(), det.labels.cpu())
+            batch_records.extend(detections_to_coco(target.image_id, det, label_to_category_id))
+            if len(kept) < keep_images:
+                h, w = batch.image_sizes[i]
+                kept.append((batch.images[i, :, :h, :w], det, target))
+        batch_ids = [t.image_id for t in batch.targets]
+        if not sharded:
+            evaluator.update(batch_records, image_ids=batch_ids)
+        results.extend(batch_records)
+        image_ids.extend(batch_ids)
+    if not sharded:
+        return evaluator.compute(), results, kept
+    shards = distributed.gather_object((results, image_ids))  # None except on rank 0
+    metrics = None
+    if shards is not None:
+        results = [record for shard_records, _ in shards for record in shard_records]
+        evaluator.update(results, image_ids=[i for _, shard_ids in shards for i in shard_ids])
+        metrics = evaluator.compute()
+    return distributed.broadcast_object(metrics), results, kept

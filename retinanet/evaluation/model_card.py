@@ -1,0 +1,367 @@
+"""MODEL_CARD.md: what a run's model was trained on, how, how well it does, and at which threshold.
+
+train.py writes it at the end of training; `evaluate.py --target-precision/--target-recall` rewrites
+it with its own metrics and operating point. The facts behind the card are kept beside it in
+`model_card.json`, so evaluate.py can rewrite the card without re-reading (and re-validating)
+the training set or knowing the training machine.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from retinanet.config import Config, from_dict, to_dict
+from retinanet.fileio import RunFileError
+from retinanet.fileio import write_text_atomic
+from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
+from retinanet.evaluation.operating_point import IOU, OperatingPointReport, format_operating_point_table, save_report, search
+
+if TYPE_CHECKING:
+    from retinanet.data.coco import CocoDetection
+
+log = logging.getLogger("retinanet.model_card")
+
+CARD_NAME = "MODEL_CARD.md"
+FACTS_NAME = "model_card.json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The card's facts, all JSON-ready; `render` turns them into markdown."""
+
+    run: str
+    config: dict[str, Any]  # the resolved config (to_dict)
+    data: dict[str, dict[str, Any] | None]  # "train" / "val" -> summarize_split(...), None when not known
+    training: dict[str, Any]  # seconds, iterations, hardware (None when not recorded)
+    evaluation: dict[str, Any] | None = None  # checkpoint, iteration, metrics (metrics.json layout)
+    operating_point: dict[str, Any] | None = None  # operating_point.json content
+    written_by: str = "train.py"
+
+
+def summarize_split(dataset: CocoDetection) -> dict[str, Any]:
+    """Image and box counts of a loaded split, with names and dataset category ids."""
+    coco = dataset.coco
+    per_class: Counter[int] = Counter()
+    crowd = empty = 0
+    for image_id in dataset.ids:
+        anns = coco.imgToAnns.get(image_id, [])
+        boxes = [a for a in anns if not a.get("iscrowd", 0)]
+        crowd += len(anns) - len(boxes)
+        empty += not boxes
+        per_class.update(int(a["category_id"]) for a in boxes)
+    cmap = dataset.category_map
+    return {
+        "annotations": str(dataset.annotations_file),
+        "images": len(dataset.ids),
+        "empty_images": empty,
+        "boxes": sum(per_class.values()),
+        "crowd_boxes": crowd,
+        "dropped_boxes": int(dataset.num_dropped_boxes),
+        "per_class": [{"id": i, "name": n, "boxes": per_class[i]} for i, n in zip(cmap.category_ids, cmap.names)],
+    }
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def hardware(device: torch.device, world_size: int = 1) -> dict[str, Any]:
+    """Where a run happened: device, GPU name or CPU model and cores, torch version."""
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "world_size": world_size,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics.json layout: nan -> None."""
+    values = {k: metrics.get(k) for k in STAT_NAMES}
+    out: dict[str, Any] = {k: None if v is None or math.isnan(v) else float(v) for k, v in values.items()}
+    out["per_class"] = metrics.get("per_class", {})
+    return out
+
+
+def _overall_text(report: OperatingPointReport) -> str:
+    p = report.overall
+    if p is None:
+        return "undefined (no detections or no ground truth)"
+    return f"threshold {p.threshold:.5g}, precision {p.precision:.3f}, recall {p.recall:.3f}, F1 {p.f1:.3f}"
+
+
+def write_model_card(run_dir: Path, card: ModelCard) -> Path:
+    """Write MODEL_CARD.md and its facts (model_card.json) into the run folder."""
+    run_dir = Path(run_dir)
+    write_text_atomic(run_dir / FACTS_NAME, json.dumps(asdict(card), indent=2))
+    path = run_dir / CARD_NAME
+    write_text_atomic(path, render(card))
+    return path
+
+
+def load_model_card(run_dir: Path) -> ModelCard | None:
+    path = Path(run_dir) / FACTS_NAME
+    if not path.is_file():
+        return None
+    try:
+        return ModelCard(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise RunFileError(f"{path}: not a model card facts file ({exc}); delete it and rerun evaluate.py") from None
+
+
+def finish_training_run(
+    run_dir: Path,
+    cfg: Config,
+    train_set: CocoDetection,
+    val_set: CocoDetection | None,
+    evaluator: CocoEvaluator | None,
+    metrics: dict[str, Any],
+    iterations: int,
+    train_seconds: float,
+    device: torch.device,
+    world_size: int = 1,
+) -> Path:
+    """End of train.py: the max-F1 operating point on val (operating_point.json) and MODEL_CARD.md.
+
+    `evaluator` is the one of the final evaluation (of checkpoints/last.pt); None without a val set.
+    """
+    report = None
+    if evaluator is not None and val_set is not None:
+        names = {entry["id"]: name for name, entry in metrics["per_class"].items()}
+        source = {"checkpoint": "checkpoints/last.pt", "iteration": iterations, "split": str(val_set.annotations_file)}
+        report = search(evaluator.matches(iou=IOU), names, source=source)
+        save_report(report, run_dir)
+        log.info("operating point (max F1 on val): %s", _overall_text(report))
+    card = ModelCard(
+        run=Path(run_dir).name,
+        config=to_dict(cfg),
+        data={"train": summarize_split(train_set), "val": summarize_split(val_set) if val_set is not None else None},
+        training={"seconds": train_seconds, "iterations": iterations, "hardware": hardware(device, world_size)},
+        evaluation=(
+            {"checkpoint": "checkpoints/last.pt", "iteration": iterations, "metrics": _json_metrics(metrics)}
+            if metrics else None
+        ),
+        operating_point=report.to_dict() if report is not None else None,
+    )
+    return write_model_card(run_dir, card)
+
+
+def update_model_card(
+    run_dir: Path,
+    cfg: Config,
+    val_set: CocoDetection,
+    metrics: dict[str, Any],
+    report: OperatingPointReport,
+    checkpoint: Path,
+    state: dict[str, Any],
+) -> Path:
+    """evaluate.py: rewrite the card with this evaluation's metrics and operating point.
+
+    The training facts come from model_card.json; a run from before the card gets what the
+    checkpoint knows (config, iterations, training time) and "not recorded" for the rest.
+    """
+    card = load_model_card(run_dir) or ModelCard(
+        run=Path(run_dir).name,
+        config=state.get("config") or to_dict(cfg),
+        data={"train": None},
+        training={"seconds": state.get("train_seconds"), "iterations": state.get("iteration"), "hardware": None},
+    )
+    try:
+        checkpoint_name = str(Path(checkpoint).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        checkpoint_name = str(checkpoint)
+    card = replace(
+        card,
+        data={**card.data, "val": summarize_split(val_set)},
+        evaluation={
+            "checkpoint": checkpoint_name, "iteration": state.get("iteration"), "metrics": _json_metrics(metrics)
+        },
+        operating_point=report.to_dict(),
+        written_by="evaluate.py",
+    )
+    return write_model_card(run_dir, card)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not recorded"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _numbers(values: Any) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def _data_section(data: dict[str, dict[str, Any] | None]) -> list[str]:
+    splits = [(name, s) for name, s in data.items() if s is not None]
+    lines = ["## Data", ""]
+    missing = [name for name, s in data.items() if s is None]
+    if not splits:
+        return lines + ["Not recorded.", ""]
+    lines += [
+        "| split | images | images without boxes | boxes | crowd boxes | dropped boxes (< 1 px) | annotations |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, s in splits:
+        lines.append(f"| {name} | {s['images']} | {s['empty_images']} | {s['boxes']} | {s['crowd_boxes']} | "
+                     f"{s['dropped_boxes']} | `{s['annotations']}` |")
+    if missing:
+        lines += ["", f"Not recorded: {', '.join(missing)} (the run predates the model card)."]
+    lines += ["", "Boxes per class (crowd boxes not counted):", "",
+              "| class | id | " + " | ".join(name for name, _ in splits) + " |",
+              "|---|---:|" + "---:|" * len(splits)]
+    ids: dict[int, str] = {}
+    for _, s in splits:
+        ids.update({c["id"]: c["name"] for c in s["per_class"]})
+    for category_id, name in sorted(ids.items()):
+        counts = [next((c["boxes"] for c in s["per_class"] if c["id"] == category_id), 0) for _, s in splits]
+        lines.append(f"| {name} | {category_id} | " + " | ".join(str(n) for n in counts) + " |")
+    return lines + [""]
+
+
+def _config_section(cfg: Config, world_size: int) -> list[str]:
+    m, t, i = cfg.model, cfg.train, cfg.input
+    a = m.anchors
+    optimizer = f"{t.optimizer}, lr {t.lr:g}, weight decay {t.weight_decay:g}"
+    if t.optimizer == "sgd":
+        optimizer += f", momentum {t.momentum:g}"
+    schedule = f"{t.schedule}, warmup {t.warmup_iters} iterations"
+    if t.schedule == "multistep":
+        schedule += f", x{t.lr_decay:g} at {', '.join(str(s) for s in t.steps)}"
+    parts = [f"{world_size} processes x {t.batch_size // world_size}"] if world_size > 1 else []
+    if t.accumulate_steps > 1:
+        parts.append(f"{t.accumulate_steps} accumulated batches of {t.batch_size}")
+    batch = f"{t.batch_size * t.accumulate_steps} images per optimizer step"
+    batch += f" ({'; '.join(parts)})" if parts else ""
+    rows = [
+        ("backbone", f"{m.backbone.name} (weights {m.backbone.weights}, norm {m.backbone.norm}, "
+                     f"frozen stages {m.backbone.frozen_stages})"),
+        ("FPN", f"P3-P7, {m.fpn.channels} channels, P6 from {m.fpn.p6_from.upper()}"),
+        ("head", f"{m.head.num_convs} convs x {m.head.channels} channels, norm {m.head.norm}, "
+                 f"prior {m.head.prior_prob:g}, {m.num_classes} classes"),
+        ("input", f"train short side {list(i.min_size)}, long side <= {i.max_size}, eval short side "
+                  f"{i.test_min_size}, padded to {i.size_divisible}"),
+        ("anchors", f"sizes {_numbers(a.sizes)} (P3-P7), scales {_numbers(round(s, 3) for s in a.scales)}, "
+                    f"ratios {_numbers(a.ratios)} ({len(a.scales) * len(a.ratios)} per location)"),
+        ("matcher", f"IoU >= {m.matcher.fg_iou:g} foreground, < {m.matcher.bg_iou:g} background"),
+        ("optimizer", optimizer),
+        ("batch", batch),
+        ("iterations", f"{t.max_iters}"),
+        ("schedule", schedule),
+        ("mixed precision", t.amp),
+        ("postprocess", f"score > {m.postprocess.score_thresh:g}, top {m.postprocess.topk_candidates} per level, "
+                        f"NMS {m.postprocess.nms_thresh:g}, {m.postprocess.detections_per_img} per image"),
+    ]
+    return ["## Configuration", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+
+
+def _loss_section(cfg: Config) -> list[str]:
+    loss = cfg.loss
+    names = {"focal": "sigmoid focal loss", "bce": "alpha-balanced cross-entropy (focal with gamma 0)",
+             "ohem": "online hard example mining (gamma-0 loss on the hardest anchors)"}
+    alpha = "off" if loss.alpha < 0 else f"{loss.alpha:g}"
+    text = f"Classification: {names[loss.type]} (`loss.type: {loss.type}`), gamma {loss.gamma:g}, alpha {alpha}"
+    if loss.label_smoothing > 0:
+        text += f", label smoothing {loss.label_smoothing:g}"
+    if loss.type == "ohem":
+        ratio = f"{loss.ohem_neg_pos_ratio:g} negatives per positive" if loss.ohem_neg_pos_ratio else "no ratio"
+        nms = f"NMS {loss.ohem_nms:g}" if loss.ohem_nms else "no NMS"
+        text += f"; OHEM {loss.ohem_batch_size} examples per image, {ratio}, {nms}"
+    box = f"Box regression: {loss.box_loss}"
+    if loss.box_loss == "smooth_l1":
+        box += f" (beta {loss.smooth_l1_beta:g})"
+    box += f", weight {loss.box_weight:g}."
+    return ["## Loss", "", text + ".", box, ""]
+
+
+def _operating_point_section(raw: dict[str, Any] | None) -> list[str]:
+    lines = ["## Operating point", ""]
+    if raw is None:
+        return lines + ["None: the run has no validation set.", ""]
+    report = OperatingPointReport.from_dict(raw)
+    source = report.source
+    where = f" of `{source['checkpoint']}` at iteration {source.get('iteration')}" if "checkpoint" in source else ""
+    overall = report.overall
+    if overall is None:
+        lines.append("Undefined: the evaluation had no detections or no ground truth.")
+    else:
+        missed = "" if overall.reached else " The target was not reached; this is the closest point."
+        lines.append(
+            f"Score threshold **{overall.threshold:.5g}** overall ({report.describe_target()} at IoU {raw['iou']:g}, "
+            f"on the val detections{where}): precision {overall.precision:.3f}, recall {overall.recall:.3f}, "
+            f"F1 {overall.f1:.3f}.{missed}"
+        )
+    lines += ["`scripts/predict.py` uses the per-class thresholds below by default (`operating_point.json`).", "",
+              "```text", format_operating_point_table(report), "```", ""]
+    return lines
+
+
+def _metrics_section(evaluation: dict[str, Any] | None) -> list[str]:
+    lines = ["## COCO metrics (val)", ""]
+    if evaluation is None:
+        return lines + ["None: the run has no validation set.", ""]
+    lines += [f"`{evaluation['checkpoint']}` at iteration {evaluation['iteration']}; 100 detections per image.", "",
+              "```text", format_metrics_table(evaluation["metrics"]), "```", ""]
+    return lines
+
+
+def _training_section(training: dict[str, Any]) -> list[str]:
+    hw = training.get("hardware")
+    lines = ["## Training", "", f"- iterations: {training.get('iterations')}",
+             f"- training time: {_duration(training.get('seconds'))} (optimizer steps only, without evaluation)"]
+    if hw is None:
+        return lines + ["- hardware: not recorded", ""]
+    if "gpu" in hw:
+        where = f"{hw['gpu']}" + (f" x {hw['world_size']}" if hw.get("world_size", 1) > 1 else "")
+    else:
+        where = f"CPU {hw['cpu']}, {hw['cpu_cores']} cores ({hw['torch_threads']} torch threads)"
+    return lines + [f"- hardware: {where}; device `{hw['device']}`", f"- torch {hw['torch']}", ""]
+
+
+def render(card: ModelCard) -> str:
+    """The markdown of MODEL_CARD.md."""
+    cfg = from_dict(card.config, f"{FACTS_NAME} (config)")
+    world_size = int((card.training.get("hardware") or {}).get("world_size", 1))
+    kind = {"focal": "focal loss", "bce": "cross-entropy", "ohem": "OHEM"}[cfg.loss.type]
+    lines = [
+        f"# Model card: {card.run}",
+        "",
+        f"RetinaNet ({cfg.model.backbone.name} FPN, {cfg.model.num_classes} classes) trained with {kind}. "
+        f"Written by `{card.written_by}`; the facts are in `{FACTS_NAME}`.",
+        "",
+    ]
+    lines += _data_section(card.data)
+    lines += _config_section(cfg, world_size)
+    lines += _loss_section(cfg)
+    lines += _operating_point_section(card.operating_point)
+    lines += _metrics_section(card.evaluation)
+    lines += _training_section(card.training)
+    return "\n".join(lines)

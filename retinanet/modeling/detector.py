@@ -1,0 +1,70 @@
+"""`Detector`: the inference object users call, with torchvision's eval contract."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from retinanet.config import Config
+from retinanet.modeling.model import RetinaNet, build_model, build_postprocess
+from retinanet.modeling.postprocess import PostProcess
+from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize, pad_batch, resize_image
+
+
+class Detector(nn.Module):
+    """Preprocessing + RetinaNet + postprocess.
+
+    `detector(images)` takes a list of float (3, H, W) tensors in [0, 1] and returns one dict
+    per image with `boxes` (xyxy, input-image pixels), `scores` and `labels` (contiguous 0..K-1),
+    like a torchvision detector in eval mode.
+    """
+
+    def __init__(
+        self,
+        model: RetinaNet,
+        postprocess: PostProcess,
+        min_size: int = 800,
+        max_size: int = 1333,
+        size_divisible: int = 128,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        self.model = model
+        self.postprocess = postprocess
+        self.min_size = min_size
+        self.max_size = max_size
+        self.size_divisible = size_divisible
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int | None = None, model: RetinaNet | None = None) -> "Detector":
+        return cls(
+            model if model is not None else build_model(cfg, num_classes),
+            build_postprocess(cfg),
+            min_size=cfg.input.test_min_size,
+            max_size=cfg.input.max_size,
+            size_divisible=cfg.input.size_divisible,
+        )
+
+    def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Normalize, resize and pad: (N, 3, H, W) batch and each resized (H, W)."""
+        prepared = [resize_image(normalize(im, self.mean, self.std), self.min_size, self.max_size) for im in images]
+        return pad_batch(prepared, self.size_divisible)
+
+    @torch.no_grad()
+    def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        for im in images:
+            if im.dim() != 3 or im.shape[0] != 3 or not im.is_floating_point():
+                raise ValueError(f"Detector expects float (3, H, W) images in [0, 1], got {tuple(im.shape)} {im.dtype}")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            batch, sizes = self.preprocess(images)
+            outputs = self.model(batch)
+            orig = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+            return [d.as_dict() for d in self.postprocess(outputs, sizes, orig)]
+        finally:
+            self.model.train(was_training)
