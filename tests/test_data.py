@@ -331,7 +331,7 @@ def test_collate_pads_to_multiple_and_normalizes() -> None:
     torch.manual_seed(0)
     images = [torch.rand(3, 50, 70), torch.rand(3, 65, 40)]
     targets = [_target(2), _target(0)]
-    batch = collate(list(zip(images, targets)))
+    batch = collate(list(zip(images, targets)), size_divisible=32)
     assert batch.images.shape == (2, 3, 96, 96)
     assert batch.image_sizes == [(50, 70), (65, 40)]
     assert batch.targets[0] is targets[0] and len(batch) == 2
@@ -439,16 +439,6 @@ def test_tiny_coco_subset_loads() -> None:
     without_empty = CocoDetection(ds.images_dir, ds.annotations_file, keep_empty=False)
     assert len(without_empty) == 49
     assert 262284 in ds.ids and 262284 not in without_empty.ids
-
-
-def test_train_resize_matches_detector_resize() -> None:
-    """The data pipeline and retinanet.Detector must produce inputs of the same size."""
-    from retinanet.modeling.preprocess import resize_image
-
-    for h, w in [(30, 49), (427, 640), (480, 640), (333, 500), (213, 320), (640, 359)]:
-        image = np.zeros((h, w, 3), dtype=np.uint8)
-        ours = build_transforms(False, 512, 683)(image, np.zeros((0, 4)), np.zeros(0), np.zeros(0))[0]
-        assert ours.shape == resize_image(torch.zeros(3, h, w), 512, 683).shape, (h, w)
 
 
 def test_denormalize_inverts_normalize() -> None:

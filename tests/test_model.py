@@ -74,8 +74,10 @@ def test_detector_contract(tiny_cfg) -> None:
         assert 0 < len(o["boxes"]) <= 100
         assert o["boxes"][:, 2].max() <= im.shape[2] and o["boxes"][:, 3].max() <= im.shape[1]
         assert o["labels"].max() < 3
-    with pytest.raises(ValueError, match="float"):
-        det([torch.zeros(3, 10, 10, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="float in \\[0, 1\\] or uint8"):
+        det([torch.zeros(3, 10, 10, dtype=torch.int32)])
+    with pytest.raises(ValueError, match="float in \\[0, 1\\] or uint8"):
+        det([torch.zeros(1, 10, 10)])
 
 
 def test_overfit_one_batch(tiny_cfg) -> None:

@@ -47,7 +47,7 @@ def test_same_logits_and_deltas(pair) -> None:
     _, tv, det = pair
     torch.manual_seed(2)
     cls_tv, box_tv, anchors_tv = torchvision_head_outputs(tv, IMAGES)
-    batch, _ = det.preprocess(IMAGES)
+    batch = tv.transform(IMAGES)[0].tensors  # the same input tensor: our resize is OpenCV's (docs/design.md)
     with torch.no_grad():
         out = det.model.eval()(batch)
     torch.testing.assert_close(out.cls_logits, cls_tv, atol=1e-5, rtol=1e-5)
@@ -59,7 +59,10 @@ def test_same_detections(pair) -> None:
     _, tv, det = pair
     with torch.no_grad():
         expected = tv.eval()(IMAGES)
-    got = det(IMAGES)
+        inputs = tv.transform(IMAGES)[0]
+        outputs = det.model.eval()(inputs.tensors)
+    orig = [tuple(im.shape[-2:]) for im in IMAGES]
+    got = [d.as_dict() for d in det.postprocess(outputs, inputs.image_sizes, orig)]
     for e, g in zip(expected, got):
         assert len(e["boxes"]) > 50  # the check is about real detections, not empty lists
         assert torch.equal(e["labels"], g["labels"])
@@ -76,7 +79,8 @@ def test_same_loss_at_batch_one(pair) -> None:
     torch.manual_seed(3)
     tv_losses = tv(image, [{"boxes": boxes, "labels": labels}])
     tv.eval()
-    batch, sizes = det.preprocess(image)
+    inputs = tv.transform(image)[0]
+    batch, sizes = inputs.tensors, inputs.image_sizes
     scale = torch.tensor([sizes[0][1] / 200, sizes[0][0] / 150] * 2)
     det.model.train()
     out = det.model(batch)

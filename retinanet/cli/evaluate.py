@@ -23,7 +23,7 @@ from retinanet.data.loaders import DatasetError, build_dataset, build_val_loader
 from retinanet.config import ConfigError, load_config, replace
 from retinanet.engine.runtime import check_amp, place_model, resolve_device
 from retinanet.engine.inference import evaluate
-from retinanet.engine.checkpoint import load_checkpoint, load_model_weights
+from retinanet.engine.checkpoint import Checkpoint, load_model_weights
 from retinanet.cli.common import run_cli
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.modeling.model import build_model, build_postprocess
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_path = Path(args.checkpoint)
         device = resolve_device(cfg.train.device)
         check_amp(cfg.train.amp, device, args.config)
-        state = load_checkpoint(ckpt_path)
-        ckpt_ids = [c["id"] for c in state.get("categories", [])]
+        ckpt = Checkpoint.load(ckpt_path)
+        ckpt_ids = ckpt.category_ids
         if ckpt_ids and ckpt_ids != val_set.category_map.category_ids:
             raise DatasetError(
                 f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the "
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         cfg = replace(cfg, **{"model.num_classes": len(ckpt_ids) or val_set.category_map.num_classes})
         model = place_model(build_model(cfg), device, cfg.train.channels_last)
-        load_model_weights(model, state["model"], ckpt_path)
+        load_model_weights(model, ckpt.model, ckpt_path)
         metrics, results, _ = evaluate(
             model, build_postprocess(cfg), build_val_loader(cfg, val_set), evaluator,
             val_set.category_map.category_ids, device, cfg.train.amp,
@@ -131,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
             source["predictions"] = str(args.predictions)
         else:
             source["checkpoint"] = str(ckpt_path.relative_to(default_dir)) if run_dir else str(ckpt_path)
-            source["iteration"] = state.get("iteration")
+            source["iteration"] = ckpt.iteration
         report = search(evaluator.matches(iou=IOU), names, source=source, **target)
         print(format_operating_point_table(report))
         written = save_report(report, out_dir, *([run_dir] if run_dir else []))
         if run_dir is not None:
-            written.append(update_model_card(run_dir, cfg, val_set, metrics, report, ckpt_path, state))
+            facts = {"config": ckpt.config, "train_seconds": ckpt.train_seconds, "iteration": ckpt.iteration}
+            written.append(update_model_card(run_dir, cfg, val_set, metrics, report, ckpt_path, facts))
         print("operating point: " + ", ".join(str(p) for p in written))
     return 0
 

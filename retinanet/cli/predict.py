@@ -23,10 +23,9 @@ import torch
 from PIL import Image
 
 from retinanet.data.coco import load_image
-from retinanet.config import from_dict
 from retinanet.modeling.detector import Detector
-from retinanet.engine.checkpoint import load_checkpoint, load_model_weights
-from retinanet.engine.runtime import resolve_device
+from retinanet.engine.checkpoint import Checkpoint, load_model_weights
+from retinanet.engine.runtime import place_model, resolve_device
 from retinanet.evaluation.operating_point import FILE_NAME, keep_mask, load_report, thresholds_for
 from retinanet.cli.common import run_cli
 from retinanet.evaluation.evaluator import detections_to_coco
@@ -63,7 +62,7 @@ def list_images(path: Path) -> list[Path]:
 
 
 def choose_thresholds(
-    score_thresh: float | None, ckpt_path: Path, state: dict, categories: list[dict]
+    score_thresh: float | None, ckpt_path: Path, ckpt_iteration: int, categories: list[dict]
 ) -> tuple[list[float], str]:
     """One score threshold per contiguous label, and a line saying where they come from."""
     k = len(categories)
@@ -82,34 +81,34 @@ def choose_thresholds(
     listed = ", ".join(f"{c['name']} {v:.5g}" for c, v in zip(categories, values))
     note = f"score thresholds from {run_dir / FILE_NAME} ({report.describe_target()}, {how}): {listed}"
     iteration = report.source.get("iteration")
-    if iteration is not None and iteration != state.get("iteration"):
+    if iteration is not None and iteration != ckpt_iteration:
         note += (f" [found for {report.source.get('checkpoint')} at iteration {iteration}; this checkpoint is at "
-                 f"iteration {state.get('iteration')}]")
+                 f"iteration {ckpt_iteration}]")
     return values, note
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ckpt_path = Path(args.checkpoint)
-    state = load_checkpoint(ckpt_path)
-    cfg = from_dict(state["config"], f"{ckpt_path} (config)")
-    categories = state["categories"]
+    ckpt = Checkpoint.load(ckpt_path)
+    cfg = ckpt.build_config(f"{ckpt_path} (config)")
+    categories = ckpt.categories
     device = resolve_device(args.device)
     detector = Detector.from_config(cfg, num_classes=len(categories))
-    load_model_weights(detector.model, state["model"], ckpt_path)
-    detector.to(device).eval()
+    load_model_weights(detector.model, ckpt.model, ckpt_path)
+    detector.model = place_model(detector.model, device, cfg.train.channels_last)  # as evaluate.py places it
+    detector.eval()
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in categories]
     category_ids = [c["id"] for c in categories]
-    thresholds, note = choose_thresholds(args.score_thresh, ckpt_path, state, categories)
+    thresholds, note = choose_thresholds(args.score_thresh, ckpt_path, ckpt.iteration, categories)
     print(note)
     records = []
     for image_id, path in enumerate(list_images(Path(args.input))):
         image = load_image(path)
-        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
-        det = detector([tensor])[0]
+        det = detector([torch.from_numpy(image).permute(2, 0, 1)])[0]  # uint8 (3, H, W): no float round trip
         keep = keep_mask(det["scores"], det["labels"], thresholds)
         kept = Detections(det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu())
         drawn = draw_detections(image, kept.boxes_xyxy, [names[int(l)] for l in kept.labels], kept.scores.tolist())

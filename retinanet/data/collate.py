@@ -1,4 +1,4 @@
-"""Batching: normalize + pad into one tensor, aspect-ratio group ids, worker seeding."""
+"""Batching: normalize + pad into one tensor (`prepare_batch`, as `Detector` does), aspect-ratio group ids, worker seeding."""
 from __future__ import annotations
 
 import bisect
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from retinanet.modeling.preprocess import normalize, pad_batch
+from retinanet.modeling.preprocess import prepare_batch
 from retinanet.structures import Target
 
 
@@ -44,11 +44,11 @@ class Batch:
         return len(self.targets)
 
 
-def collate(items: Sequence[tuple[Tensor, Target]], size_divisible: int = 32) -> Batch:
+def collate(items: Sequence[tuple[Tensor, Target]], size_divisible: int) -> Batch:
     """[(image (3,H,W) in [0,1], Target)] -> Batch; use functools.partial to set size_divisible."""
     if not items:
         raise ValueError("cannot collate an empty list of items")
-    images, sizes = pad_batch([normalize(image) for image, _ in items], size_divisible=size_divisible)
+    images, sizes = prepare_batch([image for image, _ in items], size_divisible)
     return Batch(images, sizes, [target for _, target in items])
 
 

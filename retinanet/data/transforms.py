@@ -2,7 +2,7 @@
 
 Boxes go through albumentations with their labels and crowd flags as label fields, so a box that an
 augmentation drops takes its label and flag with it. Normalization and padding are not done here
-(see `retinanet.preprocess`, called by `data.collate`).
+(see `retinanet.modeling.preprocess`, called by `retinanet.data.collate`).
 
 Randomness: albumentations 2.x ignores the global `random` / `numpy` seeds and keeps its own
 generators. `DetectionTransform` reseeds them from `torch.initial_seed()` whenever that changes, so
@@ -20,10 +20,9 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from albumentations.augmentations.geometric import functional as fgeometric
 from torch import Tensor
 
-from retinanet.modeling.preprocess import resized_size
+from retinanet.modeling.preprocess import resize_uint8, resized_size, to_float_chw
 
 DEFAULT_TRAIN_AUGMENTATIONS: tuple[Mapping[str, Any], ...] = ({"name": "HorizontalFlip", "p": 0.5},)
 
@@ -32,8 +31,8 @@ class ResizeShortSide(A.DualTransform):
     """torchvision's resize: scale = min(min_size / short side, max_size / long side), bilinear.
 
     With several `min_sizes` one is drawn uniformly per image (scale jitter) from the pipeline's RNG.
-    The output size is `retinanet.preprocess.resized_size` (floor, as torchvision's interpolate), so
-    training inputs and `retinanet.Detector` inputs have the same size; boxes scale by new_w / w and new_h / h.
+    The output size is `resized_size` and the pixels come from `resize_uint8` (floor, as torchvision's interpolate), the
+    functions `retinanet.Detector` uses, so evaluation and the Detector see the same pixels; boxes scale by new_w / w and new_h / h.
     """
 
     def __init__(self, min_sizes: Sequence[int], max_size: int, p: float = 1.0) -> None:
@@ -49,10 +48,10 @@ class ResizeShortSide(A.DualTransform):
         return {"out_hw": resized_size(height, width, min_size, self.max_size)}
 
     def apply(self, img: np.ndarray, out_hw: tuple[int, int], **params: Any) -> np.ndarray:
-        return fgeometric.resize(img, out_hw, interpolation=cv2.INTER_LINEAR)
+        return resize_uint8(img, out_hw)
 
     def apply_to_mask(self, mask: np.ndarray, out_hw: tuple[int, int], **params: Any) -> np.ndarray:
-        return fgeometric.resize(mask, out_hw, interpolation=cv2.INTER_NEAREST)
+        return cv2.resize(mask, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST)
 
     def apply_to_bboxes(self, bboxes: np.ndarray, **params: Any) -> np.ndarray:
         """albumentations keeps boxes normalized to [0, 1], so a resize leaves them unchanged."""
@@ -66,11 +65,8 @@ def to_tensors(
     image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """uint8 (H, W, 3) + numpy targets -> float (3, H, W) in [0, 1] and new float32 / int64 / bool tensors."""
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
-    image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
     return (
-        image_t,
+        to_float_chw(image),
         torch.tensor(np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)),
         torch.tensor(np.asarray(labels, dtype=np.int64).reshape(-1)),
         torch.tensor(np.asarray(iscrowd, dtype=bool).reshape(-1)),

@@ -1,9 +1,16 @@
-"""Checkpoints: atomic writes, one-line errors, RNG state, and weight loading with clear messages."""
+"""The checkpoint: one schema (`Checkpoint`), written and read here and nowhere else.
+
+A checkpoint file is a plain dict of tensors, numbers, strings and lists, so it loads with
+`torch.load(path, weights_only=True)` and no code from the file runs. `Checkpoint.save` writes it
+atomically and keeps the previous file; `Checkpoint.load` checks its keys and gives a one-line
+error for a file of another schema.
+"""
 from __future__ import annotations
 
 import os
 import random
 import shutil
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +18,79 @@ import numpy as np
 import torch
 from torch import nn
 
+from retinanet.config import Config, from_dict
 from retinanet.fileio import RunFileError
 
 
 class CheckpointError(RunFileError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+SCHEMA_VERSION = 2  # 1: the same keys without "version" (read as 2)
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run needs to resume exactly, and an application needs to run the model.
+
+    `config` is the resolved config as a dict (`to_dict`), `categories` the dataset's
+    `{"id", "name"}` in label order (label i is category `categories[i]["id"]`). The training
+    state (`optimizer` ... `rng`) is None in a checkpoint made for inference only.
+    """
+
+    model: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    categories: list[dict[str, Any]]
+    iteration: int = 0
+    best_ap: float = -1.0
+    train_seconds: float = 0.0
+    skipped_steps: int = 0  # non-finite steps skipped over the whole run, across --resume
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    criterion: dict[str, Any] | None = None  # DetectionLoss state (the EMA normalizer)
+    rng: dict[str, Any] | None = None  # rng_state()
+    version: int = SCHEMA_VERSION
+
+    def build_config(self, source: str = "checkpoint") -> Config:
+        """The run's config as a frozen Config (with `model.num_classes` set)."""
+        return from_dict(self.config, source)
+
+    @property
+    def category_ids(self) -> list[int]:
+        return [int(c["id"]) for c in self.categories]
+
+    @property
+    def category_names(self) -> list[str]:
+        return [str(c["name"]) for c in self.categories]
+
+    def save(self, path: Path, keep_previous: bool = True) -> None:
+        save_checkpoint(asdict(self), Path(path), keep_previous)
+
+    @classmethod
+    def load(cls, path: Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
+        """Read and check a checkpoint; a missing file, a foreign file or another schema is a CheckpointError."""
+        path = Path(path)
+        state = load_checkpoint(path, map_location)
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.name in ("model", "config", "categories")}
+        missing, unknown = sorted(required - set(state)), sorted(set(state) - names)
+        version = state.get("version", 1)
+        if missing or unknown or not isinstance(version, int) or version > SCHEMA_VERSION:
+            detail = "; ".join(
+                part for part in (
+                    f"missing {', '.join(missing)}" if missing else "",
+                    f"unknown {', '.join(unknown)}" if unknown else "",
+                    f"schema version {version}, this code reads up to {SCHEMA_VERSION}" if version != 1 and
+                    (not isinstance(version, int) or version > SCHEMA_VERSION) else "",
+                ) if part
+            )
+            raise CheckpointError(
+                f"{path}: not a checkpoint of this code's schema ({detail}); use the version of the code that wrote "
+                "it, or retrain"
+            )
+        state["version"] = SCHEMA_VERSION
+        return cls(**state)
 
 
 def rng_state() -> dict[str, Any]:

@@ -9,24 +9,25 @@ from torch import Tensor, nn
 from retinanet.config import Config
 from retinanet.modeling.model import RetinaNet, build_model, build_postprocess
 from retinanet.modeling.postprocess import PostProcess
-from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize, pad_batch, resize_image
+from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_images
 
 
 class Detector(nn.Module):
     """Preprocessing + RetinaNet + postprocess.
 
-    `detector(images)` takes a list of float (3, H, W) tensors in [0, 1] and returns one dict
-    per image with `boxes` (xyxy, input-image pixels), `scores` and `labels` (contiguous 0..K-1),
-    like a torchvision detector in eval mode.
+    `detector(images)` takes a list of (3, H, W) tensors, float in [0, 1] or uint8, and returns one
+    dict per image with `boxes` (xyxy, input-image pixels), `scores` and `labels` (contiguous 0..K-1),
+    like a torchvision detector in eval mode. Inputs are prepared by `prepare_images`, the code the
+    evaluation loader uses: the same image gives the same network input, so the same detections.
     """
 
     def __init__(
         self,
         model: RetinaNet,
         postprocess: PostProcess,
-        min_size: int = 800,
-        max_size: int = 1333,
-        size_divisible: int = 128,
+        min_size: int,
+        max_size: int,
+        size_divisible: int,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):
@@ -50,19 +51,21 @@ class Detector(nn.Module):
         )
 
     def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Normalize, resize and pad: (N, 3, H, W) batch and each resized (H, W)."""
-        prepared = [resize_image(normalize(im, self.mean, self.std), self.min_size, self.max_size) for im in images]
-        return pad_batch(prepared, self.size_divisible)
+        """Resize, normalize and pad: (N, 3, H, W) batch and each resized (H, W)."""
+        return prepare_images(images, self.min_size, self.max_size, self.size_divisible, self.mean, self.std)
 
     @torch.no_grad()
     def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         for im in images:
-            if im.dim() != 3 or im.shape[0] != 3 or not im.is_floating_point():
-                raise ValueError(f"Detector expects float (3, H, W) images in [0, 1], got {tuple(im.shape)} {im.dtype}")
+            if im.dim() != 3 or im.shape[0] != 3 or not (im.is_floating_point() or im.dtype == torch.uint8):
+                raise ValueError(
+                    f"Detector expects (3, H, W) images, float in [0, 1] or uint8, got {tuple(im.shape)} {im.dtype}"
+                )
         was_training = self.model.training
         self.model.eval()
         try:
             batch, sizes = self.preprocess(images)
+            batch = batch.to(next(self.model.parameters()).device)
             outputs = self.model(batch)
             orig = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
             return [d.as_dict() for d in self.postprocess(outputs, sizes, orig)]
