@@ -17,7 +17,7 @@ from P5 (torchvision v1), 256-channel 4-conv heads, 80 classes.
   ours does that in the data loader (`loader` row).
 - `ours_*`: build_model / build_criterion / build_postprocess from the paper's recipe config, the
   optimizer of `engine.build_optimizer` (fused SGD), `engine.autocast` and `engine.place_model`.
-  Train step: forward, DetectionLoss, backward, step. Inference: `engine.predict` (forward and
+  Train step: `engine.trainer.train_step`, the step training runs. Inference: `engine.predict` (forward and
   the batched PostProcess). One row per lever: fp32 or bf16 autocast, NCHW or channels_last, and
   with --compile torch.compile on the recommended setting.
 - `ours`: the recommended setting, channels_last plus `--amp` (auto: bf16 on CUDA and on CPUs with

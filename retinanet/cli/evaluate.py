@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         written = save_report(report, out_dir, *([run_dir] if run_dir else []))
         if run_dir is not None:
             facts = {"config": ckpt.config, "train_seconds": ckpt.train_seconds, "iteration": ckpt.iteration}
-            written.append(update_model_card(run_dir, cfg, val_set, metrics, report, ckpt_path, facts))
+            written.append(update_model_card(run_dir, cfg, val_set.summary(), metrics, report, ckpt_path, facts))
         print("operating point: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -8,6 +8,7 @@ failing later.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import io
 import logging
 import time
@@ -239,6 +240,28 @@ class CocoDetection(Dataset):
             orig_size=(int(image.shape[0]), int(image.shape[1])),
         )
         return image_t, target
+
+    def summary(self) -> dict[str, Any]:
+        """Image and box counts of the loaded split, with names and dataset category ids (for the model card)."""
+        coco = self.coco
+        per_class: Counter[int] = Counter()
+        crowd = empty = 0
+        for image_id in self.ids:
+            anns = coco.imgToAnns.get(image_id, [])
+            boxes = [a for a in anns if not a.get("iscrowd", 0)]
+            crowd += len(anns) - len(boxes)
+            empty += not boxes
+            per_class.update(int(a["category_id"]) for a in boxes)
+        cmap = self.category_map
+        return {
+            "annotations": str(self.annotations_file),
+            "images": len(self.ids),
+            "empty_images": empty,
+            "boxes": sum(per_class.values()),
+            "crowd_boxes": crowd,
+            "dropped_boxes": int(self.num_dropped_boxes),
+            "per_class": [{"id": i, "name": n, "boxes": per_class[i]} for i, n in zip(cmap.category_ids, cmap.names)],
+        }
 
     def aspect_ratios(self) -> list[float]:
         """Width / height of every item, from the json (no image is opened), for aspect-ratio grouping."""

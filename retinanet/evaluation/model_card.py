@@ -12,10 +12,9 @@ import logging
 import math
 import os
 import platform
-from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -25,8 +24,6 @@ from retinanet.fileio import write_text_atomic
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.evaluation.operating_point import IOU, OperatingPointReport, format_operating_point_table, save_report, search
 
-if TYPE_CHECKING:
-    from retinanet.data.coco import CocoDetection
 
 log = logging.getLogger("retinanet.model_card")
 
@@ -40,34 +37,11 @@ class ModelCard:
 
     run: str
     config: dict[str, Any]  # the resolved config (to_dict)
-    data: dict[str, dict[str, Any] | None]  # "train" / "val" -> summarize_split(...), None when not known
+    data: dict[str, dict[str, Any] | None]  # "train" / "val" -> CocoDetection.summary(), None when not known
     training: dict[str, Any]  # seconds, iterations, hardware (None when not recorded)
     evaluation: dict[str, Any] | None = None  # checkpoint, iteration, metrics (metrics.json layout)
     operating_point: dict[str, Any] | None = None  # operating_point.json content
     written_by: str = "train.py"
-
-
-def summarize_split(dataset: CocoDetection) -> dict[str, Any]:
-    """Image and box counts of a loaded split, with names and dataset category ids."""
-    coco = dataset.coco
-    per_class: Counter[int] = Counter()
-    crowd = empty = 0
-    for image_id in dataset.ids:
-        anns = coco.imgToAnns.get(image_id, [])
-        boxes = [a for a in anns if not a.get("iscrowd", 0)]
-        crowd += len(anns) - len(boxes)
-        empty += not boxes
-        per_class.update(int(a["category_id"]) for a in boxes)
-    cmap = dataset.category_map
-    return {
-        "annotations": str(dataset.annotations_file),
-        "images": len(dataset.ids),
-        "empty_images": empty,
-        "boxes": sum(per_class.values()),
-        "crowd_boxes": crowd,
-        "dropped_boxes": int(dataset.num_dropped_boxes),
-        "per_class": [{"id": i, "name": n, "boxes": per_class[i]} for i, n in zip(cmap.category_ids, cmap.names)],
-    }
 
 
 def cpu_name() -> str:
@@ -133,8 +107,7 @@ def load_model_card(run_dir: Path) -> ModelCard | None:
 def finish_training_run(
     run_dir: Path,
     cfg: Config,
-    train_set: CocoDetection,
-    val_set: CocoDetection | None,
+    data: dict[str, dict[str, Any] | None],
     evaluator: CocoEvaluator | None,
     metrics: dict[str, Any],
     iterations: int,
@@ -144,19 +117,20 @@ def finish_training_run(
 ) -> Path:
     """End of train.py: the max-F1 operating point on val (operating_point.json) and MODEL_CARD.md.
 
-    `evaluator` is the one of the final evaluation (of checkpoints/last.pt); None without a val set.
+    `data` holds the splits' `CocoDetection.summary()` ("train", and "val" or None); `evaluator` is the
+    one of the final evaluation (of checkpoints/last.pt), None without a val set.
     """
     report = None
-    if evaluator is not None and val_set is not None:
+    if evaluator is not None and data.get("val") is not None:
         names = {entry["id"]: name for name, entry in metrics["per_class"].items()}
-        source = {"checkpoint": "checkpoints/last.pt", "iteration": iterations, "split": str(val_set.annotations_file)}
+        source = {"checkpoint": "checkpoints/last.pt", "iteration": iterations, "split": data["val"]["annotations"]}
         report = search(evaluator.matches(iou=IOU), names, source=source)
         save_report(report, run_dir)
         log.info("operating point (max F1 on val): %s", _overall_text(report))
     card = ModelCard(
         run=Path(run_dir).name,
         config=to_dict(cfg),
-        data={"train": summarize_split(train_set), "val": summarize_split(val_set) if val_set is not None else None},
+        data=dict(data),
         training={"seconds": train_seconds, "iterations": iterations, "hardware": hardware(device, world_size)},
         evaluation=(
             {"checkpoint": "checkpoints/last.pt", "iteration": iterations, "metrics": _json_metrics(metrics)}
@@ -170,7 +144,7 @@ def finish_training_run(
 def update_model_card(
     run_dir: Path,
     cfg: Config,
-    val_set: CocoDetection,
+    val_summary: dict[str, Any],
     metrics: dict[str, Any],
     report: OperatingPointReport,
     checkpoint: Path,
@@ -193,7 +167,7 @@ def update_model_card(
         checkpoint_name = str(checkpoint)
     card = replace(
         card,
-        data={**card.data, "val": summarize_split(val_set)},
+        data={**card.data, "val": val_summary},
         evaluation={
             "checkpoint": checkpoint_name, "iteration": state.get("iteration"), "metrics": _json_metrics(metrics)
         },

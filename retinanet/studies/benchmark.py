@@ -17,7 +17,7 @@ from P5 (torchvision v1), 256-channel 4-conv heads, 80 classes.
   ours does that in the data loader (`loader` row).
 - `ours_*`: build_model / build_criterion / build_postprocess from the paper's recipe config, the
   optimizer of `engine.build_optimizer` (fused SGD), `engine.autocast` and `engine.place_model`.
-  Train step: forward, DetectionLoss, backward, step. Inference: `engine.predict` (forward and
+  Train step: `engine.trainer.train_step`, the step training runs. Inference: `engine.predict` (forward and
   the batched PostProcess). One row per lever: fp32 or bf16 autocast, NCHW or channels_last, and
   with --compile torch.compile on the recommended setting.
 - `ours`: the recommended setting, channels_last plus `--amp` (auto: bf16 on CUDA and on CPUs with
@@ -69,9 +69,10 @@ from retinanet.data.loaders import build_dataset, build_train_loader
 from retinanet.data.synthetic import make_dataset
 from retinanet.modeling.compat import load_torchvision_state_dict
 from retinanet.config import Config, ConfigError, load_config
-from retinanet.engine.runtime import autocast, place_model
+from retinanet.engine.runtime import place_model
 from retinanet.engine.optim import build_optimizer
 from retinanet.engine.inference import predict
+from retinanet.engine.trainer import StepOptions, train_step
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator
 from retinanet.modeling.model import build_criterion, build_model, build_postprocess
 from retinanet.evaluation.model_card import cpu_name
@@ -225,14 +226,13 @@ def ours_row(
     batch = batch.to(device)
     amp = cfg.train.amp
 
-    def train_step() -> None:
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    options = StepOptions(device, amp, cfg.train.grad_clip)
+
+    def step() -> None:
+        """The training loop's own step (engine.trainer.train_step), not a copy of it."""
         net.train()
-        with autocast(device, amp):
-            outputs = net(batch.images)
-        losses = criterion(outputs, batch.targets)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
+        train_step(net, criterion, optimizer, scaler, [batch], options)
 
     def infer_step() -> None:
         for _ in predict(net, postprocess, [batch], device, amp):
@@ -240,7 +240,7 @@ def ours_row(
 
     label = f"ours {'bf16' if amp == 'bf16' else 'fp32'} {'channels_last' if cfg.train.channels_last else 'NCHW'}"
     return Row(
-        name, label + (" compiled" if compiled else ""), train_step, infer_step,
+        name, label + (" compiled" if compiled else ""), step, infer_step,
         lambda: (model_bytes(model) + optimizer_bytes(optimizer), model_bytes(model)),
         {"amp": amp, "channels_last": cfg.train.channels_last, "compiled": compiled},
     )

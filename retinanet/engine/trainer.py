@@ -1,0 +1,436 @@
+"""Training: `train_step` (one optimizer step) and `fit` (the loop), plus the set-up they run in.
+
+`train_step` is the one training step: the trainer, the benchmark and the tests call it, so what
+is timed and tested is what trains. `fit` is the loop, read top to bottom. `Trainer` holds what
+the loop needs (built once by `Trainer.build`) and owns the run's files: checkpoints through
+`Checkpoint`, metrics through `RunLogger`, the model card at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from retinanet.config import Config, ConfigError, load_config, replace, save_config, to_dict
+from retinanet.data.coco import CocoDetection
+from retinanet.data.collate import Batch
+from retinanet.data.loaders import DatasetError, build_dataset, build_train_loader, build_val_loader
+from retinanet.engine import distributed
+from retinanet.engine.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_for_finetune,
+    load_model_weights,
+    rng_state,
+    set_rng_state,
+)
+from retinanet.engine.inference import evaluate
+from retinanet.engine.logger import RunLogger, setup_file_logging
+from retinanet.engine.optim import build_optimizer, build_scheduler
+from retinanet.engine.run_folder import BEST, LAST, checkpoint_path, default_output_dir, prepare_run_folder
+from retinanet.engine.runtime import autocast, check_amp, place_model, resolve_device
+from retinanet.evaluation.evaluator import CocoEvaluator
+from retinanet.evaluation.model_card import finish_training_run
+from retinanet.evaluation.visualize import draw_comparison
+from retinanet.modeling.losses import DetectionLoss
+from retinanet.modeling.model import build_criterion, build_model, build_postprocess
+from retinanet.modeling.postprocess import PostProcess, rescale_boxes
+from retinanet.modeling.preprocess import denormalize
+
+log = logging.getLogger("retinanet")
+
+LOSS_KEYS = ("loss", "loss_cls", "loss_box", "num_pos")
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    device: torch.device
+    amp: str = "none"  # "none" | "bf16" | "fp16"
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    world_size: int = 1
+
+
+@dataclass
+class StepStats:
+    """One step's global values (sums over ranks of each rank's share), averaged over micro-batches."""
+
+    loss: float
+    loss_cls: float
+    loss_box: float
+    num_pos: float
+    grad_norm: float  # before clipping; nan when the step was skipped
+    finite: bool  # False: a non-finite loss, no parameter changed
+    images: int  # images in the step over all ranks
+
+
+def train_step(
+    model: nn.Module,
+    criterion: DetectionLoss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batches: Sequence[Batch],
+    opts: StepOptions,
+) -> StepStats:
+    """Forward, loss, non-finite check, backward, clipping and the optimizer and scaler steps.
+
+    `batches` are the micro-batches of one step (train.accumulate_steps of them); their gradients
+    add up to that of one batch of their total size. A non-finite loss on any rank skips the whole
+    step on every rank and leaves the parameters as they were. Under DDP (`model` wrapped), the
+    loss of each rank's share is scaled by the world size, so DDP's gradient average is the sum.
+    """
+    world, accum = opts.world_size, len(batches)
+    optimizer.zero_grad(set_to_none=True)
+    totals = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+    images = 0
+    for micro, batch in enumerate(batches):
+        batch = batch.to(opts.device, non_blocking=True)
+        skip_sync = isinstance(model, DistributedDataParallel) and micro < accum - 1  # all-reduce once, at the end
+        with autocast(opts.device, opts.amp), model.no_sync() if skip_sync else contextlib.nullcontext():
+            outputs = model(batch.images)
+        losses = criterion(outputs, batch.targets)  # float32 whatever the autocast
+        stats = distributed.all_reduce_sum(torch.stack([losses[k].detach().float() for k in LOSS_KEYS]))
+        if not torch.isfinite(stats[0]):
+            optimizer.zero_grad(set_to_none=True)
+            return StepStats(*[float("nan")] * 3, 0.0, float("nan"), finite=False, images=0)
+        scaler.scale(losses["loss"] * world / accum).backward()
+        totals += stats.cpu().double() / accum
+        images += len(batch) * world
+    scaler.unscale_(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if opts.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+    else:
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    scaler.step(optimizer)
+    scaler.update()
+    return StepStats(*totals.tolist(), grad_norm=float(grad_norm), finite=True, images=images)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint at the next step and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+
+
+@dataclass
+class Progress:
+    """The counters a checkpoint carries across --resume."""
+
+    iteration: int = 0
+    best_ap: float = -1.0
+    train_seconds: float = 0.0
+    skipped_steps: int = 0
+    nonfinite_in_a_row: int = 0
+
+
+@dataclass
+class Trainer:
+    """Everything `fit` uses, built from the config by `Trainer.build`."""
+
+    cfg: Config
+    source: str  # the config file, for error messages
+    out_dir: Path
+    device: torch.device
+    model: nn.Module  # the plain module: checkpoints and evaluation
+    ddp_model: nn.Module  # what the step runs: `model`, or `model` wrapped in DDP
+    criterion: DetectionLoss
+    postprocess: PostProcess
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_set: CocoDetection
+    val_set: CocoDetection | None
+    val_loader: DataLoader | None  # this rank's contiguous shard of val
+    evaluator: CocoEvaluator | None  # the last evaluation feeds the model card
+    logger: RunLogger
+    stop: StopRequest
+    progress: Progress
+    metrics: dict[str, Any]
+
+    @property
+    def main_process(self) -> bool:
+        return distributed.is_main_process()
+
+    @property
+    def step_options(self) -> StepOptions:
+        return StepOptions(self.device, self.cfg.train.amp, self.cfg.train.grad_clip, distributed.get_world_size())
+
+    @classmethod
+    def build(cls, config: str, overrides: Sequence[str], output_dir: str | None, resume: bool) -> "Trainer":
+        """Config, run folder, data, model, optimizer; then the state of `last.pt` under --resume."""
+        cfg = load_config(config, overrides)
+        device = distributed.init_from_env(resolve_device(cfg.train.device))
+        world = distributed.get_world_size()
+        distributed.quiet_other_ranks()
+        check_train_config(cfg, config, device, world)
+        out_dir = Path(output_dir or default_output_dir(config))
+        folder_error = None
+        if distributed.is_main_process():
+            try:
+                prepare_run_folder(out_dir, resume)
+                setup_file_logging(out_dir / "train.log")
+            except (FileExistsError, FileNotFoundError, PermissionError) as exc:
+                folder_error = exc
+        distributed.raise_from_main(folder_error)
+        torch.manual_seed(cfg.train.seed)
+
+        train_set = build_dataset(cfg, "train", config)
+        val_set = build_dataset(cfg, "val", config) if cfg.data.val.annotations else None
+        if val_set is not None and val_set.category_map.category_ids != train_set.category_map.category_ids:
+            raise DatasetError(
+                f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the "
+                f"train set's {train_set.category_map.category_ids[:10]}; both splits must declare the same categories"
+            )
+        cfg = replace(cfg, **{"model.num_classes": cfg.model.num_classes or train_set.category_map.num_classes})
+        if distributed.is_main_process():
+            save_config(cfg, out_dir / "config.yaml")
+
+        model = build_model(cfg)
+        if cfg.train.sync_bn and world > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = place_model(model, device, cfg.train.channels_last)
+        optimizer = build_optimizer(cfg.train, model)
+        trainer = cls(
+            cfg=cfg, source=config, out_dir=out_dir, device=device, model=model,
+            ddp_model=model if world == 1 else DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=cfg.model.backbone.norm == "bn",  # frozen BN and GN buffers never change
+            ),
+            criterion=build_criterion(cfg, cfg.model.num_classes, distributed.all_reduce_sum if world > 1 else None),
+            postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
+            scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
+            train_set=train_set, val_set=val_set,
+            val_loader=build_val_loader(cfg, val_set, distributed.get_rank(), world) if val_set is not None else None,
+            evaluator=CocoEvaluator(val_set.coco, backend=cfg.eval.backend) if val_set is not None else None,
+            logger=RunLogger(out_dir, enabled=distributed.is_main_process()), stop=StopRequest(), progress=Progress(),
+            metrics={},
+        )
+        if resume:
+            trainer.restore(read_on_main(checkpoint_path(out_dir, LAST)))
+        elif cfg.train.init_from:
+            skipped = load_for_finetune(model, read_on_main(Path(cfg.train.init_from)).model)
+            log.info("initialized from %s; kept fresh: %s", cfg.train.init_from, ", ".join(skipped) or "nothing")
+        return trainer
+
+    def checkpoint(self) -> Checkpoint:
+        """The whole training state, in the one checkpoint schema."""
+        categories = [{"id": i, "name": n} for i, n in zip(self.train_set.category_map.category_ids,
+                                                           self.train_set.category_map.names)]
+        p = self.progress
+        return Checkpoint(
+            model=self.model.state_dict(), config=to_dict(self.cfg), categories=categories, iteration=p.iteration,
+            best_ap=p.best_ap, train_seconds=p.train_seconds, skipped_steps=p.skipped_steps,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), criterion=self.criterion.state_dict(), rng=rng_state(),
+        )
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        path = checkpoint_path(self.out_dir, LAST)
+        if ckpt.optimizer is None or ckpt.rng is None:
+            raise CheckpointError(f"{path}: holds no training state (an inference checkpoint); start without --resume")
+        load_model_weights(self.model, ckpt.model, path)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        self.scaler.load_state_dict(ckpt.scaler)
+        self.criterion.load_state_dict(ckpt.criterion)
+        set_rng_state(ckpt.rng)  # RNG states stay CPU tensors: checkpoints are read to the CPU
+        self.progress = Progress(ckpt.iteration, ckpt.best_ap, ckpt.train_seconds, ckpt.skipped_steps)
+        log.info("resumed from %s at iteration %d", path, ckpt.iteration)
+
+    def save(self, name: str) -> None:
+        if self.main_process:
+            self.checkpoint().save(checkpoint_path(self.out_dir, name))
+
+    def record(self, stats: StepStats, seconds: float) -> None:
+        """Count the step; too many non-finite losses in a row end the run."""
+        p = self.progress
+        p.iteration += 1
+        p.train_seconds += seconds
+        if stats.finite:
+            p.nonfinite_in_a_row = 0
+            return
+        p.nonfinite_in_a_row += 1
+        p.skipped_steps += 1
+        log.warning("iteration %d: non-finite loss, step skipped (%d in a row)", p.iteration - 1, p.nonfinite_in_a_row)
+        if p.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
+            raise FloatingPointError(
+                f"{p.nonfinite_in_a_row} non-finite losses in a row at iteration {p.iteration - 1}; the last good "
+                f"checkpoint is {checkpoint_path(self.out_dir, LAST)}. Lower train.lr, raise train.warmup_iters or "
+                "set train.grad_clip"
+            )
+
+    def log_train(self, window: list[StepStats], seconds: float, bar: tqdm) -> None:
+        """The last step's losses, and the images per second since the last log line."""
+        last = window[-1]
+        values = {
+            "loss": last.loss, "loss_cls": last.loss_cls, "loss_box": last.loss_box,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "pos_per_image": last.num_pos / self.cfg.train.batch_size,
+            "grad_norm": last.grad_norm,
+            "images_per_s": sum(s.images for s in window) / max(seconds, 1e-9),
+            "skipped_steps": self.progress.skipped_steps,
+        }
+        step = self.progress.iteration
+        self.logger.log_scalars(step, values, kind="train")
+        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.1f}")
+        log.info("iter %d/%d loss %.4f cls %.4f box %.4f lr %.2e %.1f img/s", step, self.cfg.train.max_iters,
+                 values["loss"], values["loss_cls"], values["loss_box"], values["lr"], values["images_per_s"])
+
+    def evaluate(self) -> None:
+        """COCO evaluation on val; logs it, draws a few images, keeps best.pt."""
+        step, cfg = self.progress.iteration, self.cfg
+        assert self.val_set is not None and self.val_loader is not None and self.evaluator is not None
+        metrics, _, kept = evaluate(
+            self.model, self.postprocess, self.val_loader, self.evaluator, self.val_set.category_map.category_ids, self.device,
+            cfg.train.amp, keep_images=cfg.eval.num_vis_images,
+        )
+        self.metrics = metrics
+        if self.main_process:
+            self.logger.log_eval(step, metrics)
+            recall, precision = self.evaluator.pr_curve(iou=0.5)
+            self.logger.log_pr_curve(step, "eval/pr_curve_iou50", recall, precision)
+            self.logger.log_images(step, "eval/predictions", self.draw(kept))
+        log.info("iter %d: AP %.4f AP50 %.4f AP75 %.4f", step, metrics["AP"], metrics["AP50"], metrics["AP75"])
+        if metrics["AP"] > self.progress.best_ap:
+            self.progress.best_ap = metrics["AP"]
+            self.save(BEST)
+        self.model.train()
+
+    def draw(self, kept: list[tuple[torch.Tensor, Any, Any]]) -> list[Any]:
+        names = self.train_set.category_map.names
+        drawn = []
+        for image, det, target in kept:
+            pred_boxes = rescale_boxes(det.boxes_xyxy, target.orig_size, tuple(image.shape[-2:]))
+            pixels = (denormalize(image.float().cpu()).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+            drawn.append(draw_comparison(
+                pixels, pred_boxes, [names[int(l)] for l in det.labels], det.scores.tolist(),
+                target.boxes_xyxy, [names[int(l)] for l in target.labels], min_score=0.3,
+            ))
+        return drawn
+
+    def finish(self) -> int:
+        """TensorBoard hparams, then (rank 0) the model card and operating point."""
+        cfg = self.cfg
+        hparams = {"loss.type": cfg.loss.type, "loss.gamma": cfg.loss.gamma, "loss.alpha": cfg.loss.alpha,
+                   "train.lr": cfg.train.lr, "train.max_iters": cfg.train.max_iters}
+        self.logger.log_hparams(hparams, {f"hparam/{k}": self.metrics[k] for k in ("AP", "AP50", "AP75")
+                                          if k in self.metrics})
+        self.logger.close()
+        if not self.main_process:
+            return 0
+        data = {"train": self.train_set.summary(), "val": self.val_set.summary() if self.val_set is not None else None}
+        card = finish_training_run(
+            self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, cfg.train.max_iters,
+            self.progress.train_seconds, self.device, world_size=distributed.get_world_size(),
+        )
+        log.info("model card: %s", card)
+        log.info("done: %d iterations in %.0fs of training; run folder %s", cfg.train.max_iters,
+                 self.progress.train_seconds, self.out_dir)
+        print(f"run folder: {self.out_dir}  (tensorboard --logdir {self.out_dir})")
+        return 0
+
+    def stopped(self, stop_signal: int) -> int:
+        log.warning("stopped at iteration %d; continue with --resume", self.progress.iteration)
+        self.logger.close()
+        return 130 if stop_signal == signal.SIGINT else 143
+
+
+def check_train_config(cfg: Config, source: str, device: torch.device, world: int) -> None:
+    """Settings that only fail on this machine or at this world size, before anything is built."""
+    if cfg.train.batch_size % world:
+        raise ConfigError(
+            f"{source}: train.batch_size={cfg.train.batch_size} is the global batch and must be divisible by "
+            f"the {world} processes; set train.batch_size to a multiple of {world}"
+        )
+    if cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError(f"{source}: train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernels); remove it")
+    check_amp(cfg.train.amp, device, source)
+
+
+def read_on_main(path: Path) -> Checkpoint:
+    """A checkpoint read by rank 0 and sent to every rank, so other nodes need no copy of the run folder."""
+    ckpt, error = None, None
+    if distributed.is_main_process():
+        try:
+            ckpt = Checkpoint.load(path, "cpu")
+        except CheckpointError as exc:
+            error = exc
+    distributed.raise_from_main(error)
+    return distributed.broadcast_object(ckpt)
+
+
+def every(step: int, period: int) -> bool:
+    return period > 0 and step % period == 0
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def fit(t: Trainer) -> int:
+    """Train from t.progress.iteration to train.max_iters; returns the exit code (130/143 when stopped)."""
+    cfg = t.cfg.train
+    t.stop.install()
+    # This rank's slice of every global batch; the sequence depends only on train.seed (exact --resume).
+    batches = iter(build_train_loader(t.cfg, t.train_set, start_batch=t.progress.iteration * cfg.accumulate_steps,
+                                      rank=distributed.get_rank(), world_size=distributed.get_world_size()))
+    bar = tqdm(range(t.progress.iteration, cfg.max_iters), initial=t.progress.iteration, total=cfg.max_iters,
+               dynamic_ncols=True, **({} if t.main_process else {"disable": True}))  # rank 0 keeps TQDM_DISABLE
+    window, window_start = [], time.perf_counter()
+    t.model.train()
+    for _ in bar:
+        start = time.perf_counter()
+        micro = [next(batches) for _ in range(cfg.accumulate_steps)]  # drawn even for a skipped step
+        stats = train_step(t.ddp_model, t.criterion, t.optimizer, t.scaler, micro, t.step_options)
+        t.scheduler.step()
+        t.record(stats, time.perf_counter() - start)
+        window.append(stats)
+        done = t.progress.iteration
+        final = done == cfg.max_iters
+        if (every(done, cfg.log_every) or final) and stats.finite:  # a skipped step writes no train line
+            t.log_train(window, time.perf_counter() - window_start, bar)
+            window, window_start = [], time.perf_counter()
+        if t.val_set is not None and (final or every(done, cfg.eval_every)):
+            t.evaluate()
+        stop_signal = distributed.all_reduce_max(t.stop.signal or 0, t.device)  # a signal to any rank stops all
+        if final or stop_signal or (every(done, cfg.checkpoint_every) and stats.finite):  # last.pt stays a good one
+            t.save(LAST)
+        if stop_signal:
+            return t.stopped(stop_signal)
+    bar.close()
+    return t.finish()
+
+
+def train(config: str, overrides: Sequence[str] = (), output_dir: str | None = None, resume: bool = False) -> int:
+    """`python train.py`: one process of a run (the only one, or one of WORLD_SIZE under torchrun)."""
+    try:
+        return fit(Trainer.build(config, overrides, output_dir, resume))
+    finally:
+        distributed.cleanup()
