@@ -2,6 +2,9 @@
 
 Shape legend: N images, R anchors over all levels, K classes (no background),
 M boxes in one image, D detections in one image.
+
+The data flow: dataset -> (image, Target) -> collate -> Batch -> model -> HeadOutputs -> loss
+(a dict of scalars) / postprocess -> list[Detections] -> evaluator.
 """
 from __future__ import annotations
 
@@ -55,3 +58,33 @@ class Detections:
     def as_dict(self) -> dict[str, Tensor]:
         """torchvision's eval-mode contract."""
         return {"boxes": self.boxes_xyxy, "scores": self.scores, "labels": self.labels}
+
+
+@dataclass
+class Batch:
+    """What the training and evaluation loops consume.
+
+    `image_sizes` are the resized, unpadded (H, W); target boxes are in that same pixel frame.
+    """
+
+    images: Tensor  # (N, 3, H, W) normalized, zero-padded bottom/right to a multiple of size_divisible
+    image_sizes: list[tuple[int, int]]
+    targets: list[Target]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return Batch(
+            self.images.to(device, non_blocking=non_blocking),
+            list(self.image_sizes),
+            [t.to(device) for t in self.targets],
+        )
+
+    def pin_memory(self) -> "Batch":
+        """Called by DataLoader(pin_memory=True) for custom batch types."""
+        targets = [
+            Target(t.boxes_xyxy.pin_memory(), t.labels.pin_memory(), t.iscrowd.pin_memory(), t.image_id, t.orig_size)
+            for t in self.targets
+        ]
+        return Batch(self.images.pin_memory(), list(self.image_sizes), targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)

@@ -66,13 +66,13 @@ def test_matches_torchvision_generator() -> None:
 
 
 def test_encode_by_hand() -> None:
-    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0), math.log(1000 / 16))
     deltas = coder.encode(torch.tensor([[5.0, 5, 15, 25]]), torch.tensor([[0.0, 0, 10, 10]]))
     torch.testing.assert_close(deltas, torch.tensor([[5.0, 10.0, 0.0, 5 * math.log(2.0)]]))
 
 
 def test_encode_decode_round_trip() -> None:
-    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0), math.log(1000 / 16))
     xy = torch.rand(100, 2) * 100
     boxes = torch.cat([xy, xy + 1 + torch.rand(100, 2) * 80], dim=1)
     axy = torch.rand(100, 2) * 100
@@ -81,7 +81,7 @@ def test_encode_decode_round_trip() -> None:
 
 
 def test_decode_clamps_scale() -> None:
-    coder = BoxCoder()
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16))
     box = coder.decode(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]]))
     assert torch.isfinite(box).all()
     assert (box[0, 2] - box[0, 0]).item() == pytest.approx(1000.0, rel=1e-4)

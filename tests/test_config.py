@@ -1,8 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from retinanet.config import Config, ConfigError, load_config, parse_overrides, replace, save_config
+from retinanet.config import Config, ConfigError, load_config, parse_overrides, replace, save_config, to_dict
+from tests.conftest import REPO
 
 
 def _write(path: Path, text: str) -> Path:
@@ -91,3 +94,36 @@ def test_parse_overrides() -> None:
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["novalue"])
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "augmentations":
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _documented_defaults() -> dict:
+    """The `| \\`key\\` | \\`value\\` | ... |` rows of docs/configs.md, values read as YAML."""
+    rows = re.findall(r"^\| `([\w.]+)` \| `(.*?)` \|", (REPO / "docs" / "configs.md").read_text(), flags=re.M)
+    return {key: yaml.safe_load(value) for key, value in rows}
+
+
+def test_defaults_base_yaml_and_docs_agree() -> None:
+    defaults = _leaves(to_dict(Config()))
+    assert load_config(REPO / "configs" / "base.yaml") == Config()
+    assert _leaves(yaml.safe_load((REPO / "configs" / "base.yaml").read_text())) == defaults
+    assert _documented_defaults() == defaults
+
+
+@pytest.mark.parametrize("name", ["coco.yaml", "retinanet_r50_fpn_1x_coco.yaml", "demo_cpu.yaml", "sample.yaml"])
+def test_configs_state_only_what_differs_from_the_defaults(name: str) -> None:
+    raw = yaml.safe_load((REPO / "configs" / name).read_text())
+    raw.pop("_base_")
+    defaults = _leaves(to_dict(Config()))
+    same = [key for key, value in _leaves(raw).items() if to_dict(value) == defaults[key]]
+    assert same == [], f"{name} restates defaults: {same}"
+    load_config(REPO / "configs" / name)  # and it is a valid config

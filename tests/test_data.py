@@ -16,9 +16,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from retinanet.data.coco import CategoryMap, CocoDetection
-from retinanet.data.collate import Batch, aspect_ratio_group_ids, collate, seed_worker
+from retinanet.data.collate import aspect_ratio_group_ids, collate, seed_worker
+from retinanet.structures import Batch
 from retinanet.data.sampler import TrainBatchSampler
-from retinanet.data.transforms import DEFAULT_TRAIN_AUGMENTATIONS, build_transforms
+from retinanet.data.transforms import build_transforms
 from retinanet.modeling.preprocess import normalize
 from retinanet.structures import Target
 
@@ -171,7 +172,7 @@ def test_coco_detection_loads_any_mode_as_rgb_upright(tiny_dataset: tuple[Path, 
 
 def test_coco_detection_boxes_follow_transforms(tiny_dataset: tuple[Path, Path]) -> None:
     # Short side 30 -> 60: every box doubles; orig_size stays the file's size.
-    ds = CocoDetection(*tiny_dataset, transforms=build_transforms(False, 60, 1000))
+    ds = CocoDetection(*tiny_dataset, transforms=build_transforms(False, 60, 1000, (), 0.0))
     image, target = _items_by_id(ds)[11]
     assert image.shape == (3, 60, 80)
     assert target.orig_size == (30, 40)
@@ -211,7 +212,7 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def test_horizontal_flip_twice_is_identity_on_boxes() -> None:
     image, boxes, labels, crowd = _sample()
-    flip = build_transforms(True, 30, 1000, [{"name": "HorizontalFlip", "p": 1.0}])  # scale 1
+    flip = build_transforms(True, 30, 1000, [{"name": "HorizontalFlip", "p": 1.0}], 0.0)  # scale 1
     image1, boxes1, labels1, crowd1 = flip(image, boxes, labels, crowd)
     assert image1.shape == (3, 30, 47)
     np.testing.assert_allclose(boxes1[:, 0].numpy(), 47 - boxes[:, 2], atol=1e-4)
@@ -225,7 +226,7 @@ def test_horizontal_flip_twice_is_identity_on_boxes() -> None:
 
 def test_resize_scales_boxes_exactly_like_the_image() -> None:
     image, boxes, labels, crowd = _sample(30, 49)
-    out_image, out_boxes, out_labels, out_crowd = build_transforms(False, 50, 1000)(image, boxes, labels, crowd)
+    out_image, out_boxes, out_labels, out_crowd = build_transforms(False, 50, 1000, (), 0.0)(image, boxes, labels, crowd)
     # scale = 50 / 30; floor(30 * s), floor(49 * s) = (50, floor(81.67)) = (50, 81), like torchvision
     assert out_image.shape == (3, 50, 81)
     expected = boxes * np.array([81 / 49, 50 / 30, 81 / 49, 50 / 30], dtype=np.float32)
@@ -233,7 +234,7 @@ def test_resize_scales_boxes_exactly_like_the_image() -> None:
     assert out_boxes.dtype == torch.float32 and out_labels.dtype == torch.int64 and out_crowd.dtype == torch.bool
     # The long side caps the scale: min(60 / 30, 150 / 100) = 1.5.
     wide = np.zeros((30, 100, 3), dtype=np.uint8)
-    out_wide = build_transforms(False, 60, 150)(wide, boxes, labels, crowd)[0]
+    out_wide = build_transforms(False, 60, 150, (), 0.0)(wide, boxes, labels, crowd)[0]
     assert out_wide.shape == (3, 45, 150)
 
 
@@ -243,7 +244,7 @@ def test_scale_jitter_stays_within_sizes_and_follows_torch_seed() -> None:
 
     def short_sides(seed: int) -> list[int]:
         torch.manual_seed(seed)
-        transform = build_transforms(True, sizes, 1000, augmentations=())
+        transform = build_transforms(True, sizes, 1000, (), 0.0)
         return [min(transform(image, boxes, labels, crowd)[0].shape[1:]) for _ in range(30)]
 
     first = short_sides(0)
@@ -252,13 +253,13 @@ def test_scale_jitter_stays_within_sizes_and_follows_torch_seed() -> None:
     assert short_sides(0) == first
     assert short_sides(1) != first
     # Eval ignores jitter and uses the largest size, like the config's test_min_size.
-    assert min(build_transforms(False, sizes, 1000)(image, boxes, labels, crowd)[0].shape[1:]) == 60
+    assert min(build_transforms(False, sizes, 1000, (), 0.0)(image, boxes, labels, crowd)[0].shape[1:]) == 60
 
 
 def test_augmentations_draw_independently() -> None:
     # albumentations' Compose(seed=...) seeds every transform alike, so two p=0.5 flips would always agree.
     image, boxes, labels, crowd = _sample(30, 30)
-    flips = build_transforms(True, 30, 1000, [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip", "p": 0.5}])
+    flips = build_transforms(True, 30, 1000, [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip", "p": 0.5}], 0.0)
     torch.manual_seed(0)
     outcomes = Counter()
     for _ in range(40):
@@ -269,14 +270,8 @@ def test_augmentations_draw_independently() -> None:
 
 def test_eval_transform_ignores_augmentations() -> None:
     image, boxes, labels, crowd = _sample()
-    out = build_transforms(False, 30, 1000, [{"name": "HorizontalFlip", "p": 1.0}])(image, boxes, labels, crowd)
+    out = build_transforms(False, 30, 1000, [{"name": "HorizontalFlip", "p": 1.0}], 0.0)(image, boxes, labels, crowd)
     np.testing.assert_allclose(out[1].numpy(), boxes, atol=1e-4)
-
-
-def test_default_train_augmentations_are_a_horizontal_flip() -> None:
-    assert [dict(a) for a in DEFAULT_TRAIN_AUGMENTATIONS] == [{"name": "HorizontalFlip", "p": 0.5}]
-    names = [type(t).__name__ for t in build_transforms(True, 30, 1000).compose.transforms]
-    assert names == ["HorizontalFlip", "ResizeShortSide"]
 
 
 def test_dropped_boxes_take_their_labels_and_crowd_flags_along() -> None:
@@ -299,22 +294,22 @@ def test_transforms_do_not_modify_inputs() -> None:
     image, boxes, labels, crowd = _sample()
     copies = [a.copy() for a in (image, boxes, labels, crowd)]
     augs = [{"name": "HorizontalFlip", "p": 1.0}, {"name": "RandomBrightnessContrast", "p": 1.0}]
-    build_transforms(True, (20, 40), 1000, augs)(image, boxes, labels, crowd)
+    build_transforms(True, (20, 40), 1000, augs, 0.0)(image, boxes, labels, crowd)
     for before, after in zip(copies, (image, boxes, labels, crowd)):
         np.testing.assert_array_equal(before, after)
 
 
 def test_augmentation_names_are_checked() -> None:
     with pytest.raises(ValueError, match="did you mean 'HorizontalFlip'"):
-        build_transforms(True, 30, 1000, [{"name": "HorizontalFlp"}])
+        build_transforms(True, 30, 1000, [{"name": "HorizontalFlp"}], 0.0)
     with pytest.raises(ValueError, match="'Compose'"):
-        build_transforms(True, 30, 1000, [{"name": "Compose"}])
+        build_transforms(True, 30, 1000, [{"name": "Compose"}], 0.0)
     with pytest.raises(ValueError, match="HorizontalFlip.*prob"):
-        build_transforms(True, 30, 1000, [{"name": "HorizontalFlip", "prob": 0.5}])
+        build_transforms(True, 30, 1000, [{"name": "HorizontalFlip", "prob": 0.5}], 0.0)
     with pytest.raises(ValueError, match="needs a 'name'"):
-        build_transforms(True, 30, 1000, [{"p": 0.5}])
+        build_transforms(True, 30, 1000, [{"p": 0.5}], 0.0)
     nested = build_transforms(
-        True, 30, 1000, [{"name": "OneOf", "p": 1.0, "transforms": [{"name": "HorizontalFlip"}, {"name": "Blur"}]}]
+        True, 30, 1000, [{"name": "OneOf", "p": 1.0, "transforms": [{"name": "HorizontalFlip"}, {"name": "Blur"}]}], 0.0
     )
     one_of = nested.compose.transforms[0]
     assert [type(t).__name__ for t in one_of.transforms] == ["HorizontalFlip", "Blur"]
@@ -386,7 +381,7 @@ def test_seed_worker_seeds_python_and_numpy_from_torch() -> None:
 
 class _JitterDataset(Dataset):
     def __init__(self) -> None:
-        self.transform = build_transforms(True, (16, 24, 32, 40), 1000, [{"name": "HorizontalFlip", "p": 0.5}])
+        self.transform = build_transforms(True, (16, 24, 32, 40), 1000, [{"name": "HorizontalFlip", "p": 0.5}], 0.0)
         self.image, self.boxes, self.labels, self.crowd = _sample(20, 20)
 
     def __len__(self) -> int:

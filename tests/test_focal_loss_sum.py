@@ -1,6 +1,7 @@
 """focal_loss_sum (closed-form backward, no one-hot targets) equals autograd through sigmoid_focal_loss."""
 from __future__ import annotations
 
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,7 @@ def test_detection_loss_gradient_matches_one_hot_autograd() -> None:
         Target(torch.tensor([[10.0, 10, 40, 40], [50, 20, 90, 60]]), torch.tensor([0, 2]), torch.tensor([False, True])),
         Target(torch.tensor([[0.0, 0, 30, 30]]), torch.tensor([1])),
     ]
-    crit = DetectionLoss(3, Matcher(0.5, 0.4), BoxCoder(), label_smoothing=0.1)
+    crit = DetectionLoss(3, Matcher(0.5, 0.4, True), BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16)), label_smoothing=0.1)
     x = logits.clone().requires_grad_()
     out = crit(HeadOutputs(x, deltas, anchors, [r]), targets)
     out["loss_cls"].backward()

@@ -1,4 +1,5 @@
 """The classification loss types: focal, bce (alpha-balanced CE) and ohem, plus label smoothing."""
+import math
 import logging
 
 import pytest
@@ -25,7 +26,7 @@ def _outputs() -> HeadOutputs:
 
 
 def _loss(**kw) -> DetectionLoss:
-    return DetectionLoss(3, Matcher(0.5, 0.4, allow_low_quality=False), BoxCoder(), **kw)
+    return DetectionLoss(3, Matcher(0.5, 0.4, allow_low_quality=False), BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16)), **kw)
 
 
 def test_bce_equals_focal_with_gamma_zero() -> None:

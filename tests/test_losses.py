@@ -1,3 +1,4 @@
+import math
 import itertools
 
 import pytest
@@ -76,7 +77,7 @@ ANCHORS = torch.tensor(
 
 
 def _criterion(**kwargs) -> DetectionLoss:
-    return DetectionLoss(3, Matcher(0.5, 0.4, allow_low_quality=False), BoxCoder(), **kwargs)
+    return DetectionLoss(3, Matcher(0.5, 0.4, allow_low_quality=False), BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16)), **kwargs)
 
 
 def test_empty_image_has_finite_cls_and_zero_box_loss() -> None:
@@ -107,7 +108,7 @@ def test_loss_is_batched_sum_over_total_positives() -> None:
     # image 0, anchor 1: IoU with [0,0,10,10] is 0.25 -> background; nothing lies in the ignore band here
     expected_cls = tv_focal(logits, onehot, reduction="sum") / 3
     torch.testing.assert_close(losses["loss_cls"].detach(), expected_cls)
-    coder = BoxCoder()
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16))
     d = out.box_deltas.detach()
     expected_box = (
         (d[0, 0] - coder.encode(targets[0].boxes_xyxy[0], ANCHORS[0])).abs().sum()
@@ -154,7 +155,7 @@ def test_ema_normalizer() -> None:
 
 @pytest.mark.parametrize("box_loss", ["smooth_l1", "l1", "giou"])
 def test_box_losses_zero_at_perfect_prediction(box_loss: str) -> None:
-    coder = BoxCoder()
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16))
     gt = torch.tensor([[1.0, 2, 11, 13]])
     out = _outputs(1, ANCHORS, 3)
     with torch.no_grad():

@@ -37,7 +37,7 @@ def test_box_with_zero_overlap_adds_no_match() -> None:
 
 
 def test_no_boxes_all_background() -> None:
-    m = Matcher()(torch.zeros(0, 4), torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]))
+    m = Matcher(0.5, 0.4, True)(torch.zeros(0, 4), torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]))
     assert m.tolist() == [BACKGROUND, BACKGROUND]
 
 
@@ -54,7 +54,7 @@ def test_crowd_is_never_positive_and_ignores_covered_anchors() -> None:
 
 def test_all_crowd() -> None:
     anchors = torch.tensor([[0.0, 0, 10, 10], [100, 100, 110, 110]])
-    m = Matcher()(torch.tensor([[0.0, 0, 10, 10]]), anchors, torch.tensor([True]))
+    m = Matcher(0.5, 0.4, True)(torch.tensor([[0.0, 0, 10, 10]]), anchors, torch.tensor([True]))
     assert m.tolist() == [IGNORE, BACKGROUND]
 
 

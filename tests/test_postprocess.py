@@ -1,3 +1,4 @@
+import math
 import torch
 
 from retinanet.modeling.box_coder import BoxCoder
@@ -23,7 +24,7 @@ def _outputs(scores: list[list[list[float]]]) -> HeadOutputs:
 def _post(**kw) -> PostProcess:
     args = dict(score_thresh=0.05, topk_candidates=1000, nms_thresh=0.5, detections_per_img=100)
     args.update(kw)
-    return PostProcess(BoxCoder(), **args)
+    return PostProcess(BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000 / 16)), **args)
 
 
 def test_threshold_nms_and_order() -> None:

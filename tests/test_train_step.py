@@ -8,7 +8,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from retinanet.data.collate import Batch
+from retinanet.structures import Batch
 from retinanet.engine.trainer import StepOptions, train_step
 from retinanet.modeling.compat import convert_state_dict, from_torchvision, loss_from_torchvision
 from retinanet.modeling.model import build_criterion, build_model

@@ -4,44 +4,13 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from retinanet.modeling.preprocess import prepare_batch
-from retinanet.structures import Target
-
-
-@dataclass
-class Batch:
-    """What the training and evaluation loops consume.
-
-    `image_sizes` are the resized, unpadded (H, W); target boxes are in that same pixel frame.
-    """
-
-    images: Tensor  # (N, 3, H, W) normalized, zero-padded bottom/right to a multiple of size_divisible
-    image_sizes: list[tuple[int, int]]
-    targets: list[Target]
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(
-            self.images.to(device, non_blocking=non_blocking),
-            list(self.image_sizes),
-            [t.to(device) for t in self.targets],
-        )
-
-    def pin_memory(self) -> "Batch":
-        """Called by DataLoader(pin_memory=True) for custom batch types."""
-        targets = [
-            Target(t.boxes_xyxy.pin_memory(), t.labels.pin_memory(), t.iscrowd.pin_memory(), t.image_id, t.orig_size)
-            for t in self.targets
-        ]
-        return Batch(self.images.pin_memory(), list(self.image_sizes), targets)
-
-    def __len__(self) -> int:
-        return len(self.targets)
+from retinanet.structures import Batch, Target
 
 
 def collate(items: Sequence[tuple[Tensor, Target]], size_divisible: int) -> Batch:

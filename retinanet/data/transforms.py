@@ -24,9 +24,6 @@ from torch import Tensor
 
 from retinanet.modeling.preprocess import resize_uint8, resized_size, to_float_chw
 
-DEFAULT_TRAIN_AUGMENTATIONS: tuple[Mapping[str, Any], ...] = ({"name": "HorizontalFlip", "p": 0.5},)
-
-
 class ResizeShortSide(A.DualTransform):
     """torchvision's resize: scale = min(min_size / short side, max_size / long side), bilinear.
 
@@ -143,8 +140,8 @@ def build_transforms(
     train: bool,
     min_size: int | Sequence[int],
     max_size: int,
-    augmentations: Sequence[Mapping[str, Any]] = DEFAULT_TRAIN_AUGMENTATIONS,
-    min_visibility: float = 0.0,
+    augmentations: Sequence[Mapping[str, Any]],
+    min_visibility: float,
 ) -> DetectionTransform:
     """Train: augmentations, then resize with scale jitter over `min_size`. Eval: resize only.
 

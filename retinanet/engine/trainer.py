@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from retinanet.config import Config, ConfigError, load_config, replace, save_config, to_dict
 from retinanet.data.coco import CocoDetection
-from retinanet.data.collate import Batch
+from retinanet.structures import Batch
 from retinanet.data.loaders import DatasetError, build_dataset, build_train_loader, build_val_loader
 from retinanet.engine import distributed
 from retinanet.engine.checkpoint import (

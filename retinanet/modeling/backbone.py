@@ -96,7 +96,7 @@ def fold_frozen_bn(resnet: nn.Module) -> None:
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without its classifier; forward returns {"c3", "c4", "c5"}."""
 
-    def __init__(self, name: str = "resnet50", norm: str = "frozen_bn", frozen_stages: int = 0, weights: str = "none"):
+    def __init__(self, name: str, norm: str, frozen_stages: int, weights: str):
         super().__init__()
         if name not in _WEIGHTS_ENUMS:
             raise ValueError(f"backbone must be one of {', '.join(_WEIGHTS_ENUMS)}, got {name!r}")

@@ -1,13 +1,11 @@
 """Anchor-relative box deltas (dx, dy, dw, dh), as in Faster R-CNN and torchvision."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 class BoxCoder:
@@ -17,7 +15,7 @@ class BoxCoder:
     prediction cannot overflow.
     """
 
-    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = DEFAULT_SCALE_CLAMP):
+    def __init__(self, weights: Sequence[float], scale_clamp: float):
         self.weights = tuple(float(w) for w in weights)
         self.scale_clamp = float(scale_clamp)
 

@@ -62,7 +62,7 @@ def from_torchvision(tv_model: TorchvisionRetinaNet) -> Detector:
     body = tv_model.backbone.body
     fpn_tv = tv_model.backbone.fpn
     channels = tv_model.backbone.out_channels
-    backbone = ResNetBackbone(_backbone_name(body), norm=_norm_kind(body.bn1), frozen_stages=0)
+    backbone = ResNetBackbone(_backbone_name(body), norm=_norm_kind(body.bn1), frozen_stages=0, weights="none")
     fpn = FPN(backbone.out_channels, channels, p6_from="p5" if fpn_tv.extra_blocks.use_P5 else "c5")
     ag = tv_model.anchor_generator
     ratios = ag.aspect_ratios[0]
@@ -71,7 +71,7 @@ def from_torchvision(tv_model: TorchvisionRetinaNet) -> Detector:
     anchors = AnchorGenerator([list(s) for s in ag.sizes], ratios, round_to_int=True)
     num_convs, head_norm = _head_norm(tv_model)
     cls_head = tv_model.head.classification_head
-    head = RetinaNetHead(channels, cls_head.num_anchors, cls_head.num_classes, num_convs, head_norm)
+    head = RetinaNetHead(channels, cls_head.num_anchors, cls_head.num_classes, num_convs, head_norm, prior_prob=0.01)
     model = RetinaNet(backbone, fpn, head, anchors)
     model.load_state_dict(convert_state_dict(tv_model.state_dict(), num_convs, head_norm))
     model.eval()

@@ -14,7 +14,7 @@ class FPN(nn.Module):
     P7 is a stride-2 3x3 conv on ReLU(P6).
     """
 
-    def __init__(self, in_channels: Sequence[int], channels: int = 256, p6_from: str = "c5"):
+    def __init__(self, in_channels: Sequence[int], channels: int, p6_from: str):
         super().__init__()
         if p6_from not in ("c5", "p5"):
             raise ValueError(f"p6_from must be c5 or p5, got {p6_from!r}")

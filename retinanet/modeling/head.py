@@ -30,9 +30,9 @@ class RetinaNetHead(nn.Module):
         channels: int,
         num_anchors: int,
         num_classes: int,
-        num_convs: int = 4,
-        norm: str = "none",
-        prior_prob: float = 0.01,
+        num_convs: int,
+        norm: str,
+        prior_prob: float,
     ):
         super().__init__()
         if norm not in ("none", "gn"):

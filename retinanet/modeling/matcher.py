@@ -21,7 +21,7 @@ _MAX_ELEMENTS = 1 << 26
 
 
 class Matcher:
-    def __init__(self, fg_iou: float = 0.5, bg_iou: float = 0.4, allow_low_quality: bool = True, crowd_ioa: float = 0.5):
+    def __init__(self, fg_iou: float, bg_iou: float, allow_low_quality: bool, crowd_ioa: float = 0.5):
         if not bg_iou <= fg_iou:
             raise ValueError(f"bg_iou ({bg_iou}) must be <= fg_iou ({fg_iou})")
         self.fg_iou = fg_iou

@@ -20,10 +20,10 @@ class PostProcess:
     def __init__(
         self,
         box_coder: BoxCoder,
-        score_thresh: float = 0.05,
-        topk_candidates: int = 1000,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
+        score_thresh: float,
+        topk_candidates: int,
+        nms_thresh: float,
+        detections_per_img: int,
     ):
         self.box_coder = box_coder
         self.score_thresh = score_thresh

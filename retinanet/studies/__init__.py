@@ -1,1 +1,1 @@
-"""studies"""
+"""Studies built on the engine: the loss-comparison runner and the benchmark."""

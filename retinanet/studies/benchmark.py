@@ -64,7 +64,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 REPO = Path(__file__).resolve().parents[2]
 
-from retinanet.data.collate import Batch, collate
+from retinanet.data.collate import collate
+from retinanet.structures import Batch
 from retinanet.data.loaders import build_dataset, build_train_loader
 from retinanet.data.synthetic import make_dataset
 from retinanet.modeling.compat import load_torchvision_state_dict
