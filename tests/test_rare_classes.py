@@ -12,7 +12,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
 from retinanet.config import ConfigError, load_config
-from retinanet.data.loaders import build_dataset, build_train_loader
+from retinanet.data.loaders import build_dataset, build_train_loader, train_repeat_factors
 from retinanet.data.sampler import TrainBatchSampler, repeat_factors, sampling_summary
 from retinanet.evaluation.drift import check_drift, drift_bound, format_drift, ks_statistic, score_distribution
 from retinanet.evaluation.evaluator import ClassMatches
@@ -101,6 +101,16 @@ def test_train_loader_with_repeat_factors_resumes_exactly(synthetic: Path, worke
     for a, b in zip(full[4:], resumed):
         assert [t.image_id for t in a.targets] == [t.image_id for t in b.targets]
         assert torch.equal(a.images, b.images)
+
+
+def test_a_threshold_below_every_class_fraction_warns(synthetic: Path, caplog) -> None:
+    cfg = load_config(DEMO, [*synthetic_overrides(synthetic), "data.repeat_factor_threshold=0.01"])
+    dataset = build_dataset(cfg, "train")
+    rarest = min(f for f in sampling_summary(dataset.image_labels(), np.ones(len(dataset)), 5).share_before if f > 0)
+    with caplog.at_level(logging.WARNING, logger="retinanet.data"):
+        assert train_repeat_factors(cfg, dataset).tolist() == [1.0] * len(dataset)
+    assert (f"data.repeat_factor_threshold=0.01 repeats no image: every class is in at least {rarest:.3g} of the "
+            "train images") in caplog.text
 
 
 # ----------------------------------------------------------------------------- class-balanced alpha

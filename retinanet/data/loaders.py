@@ -86,6 +86,12 @@ def train_repeat_factors(cfg: Config, dataset: CocoDetection) -> np.ndarray | No
     factors = repeat_factors(labels, threshold)
     summary = sampling_summary(labels, factors, dataset.category_map.num_classes)
     logger.info("%s: %s", dataset.annotations_file.name, format_sampling_summary(summary, dataset.category_map.names, threshold))
+    if (factors == 1.0).all():
+        rarest = float(summary.share_before[summary.share_before > 0].min(initial=1.0))
+        logger.warning(
+            "data.repeat_factor_threshold=%g repeats no image: every class is in at least %.3g of the train images; "
+            "set it above that to oversample the rarest class", threshold, rarest,
+        )
     return factors
 
 
