@@ -714,7 +714,8 @@ def write_tensorboard(results: Sequence[Result], folder: Path) -> None:
             if not r.ok:
                 continue
             s = r.run.setting
-            hparams = {"loss.type": s.loss, "loss.gamma": 0.0 if s.gamma is None else s.gamma, "loss.alpha": s.alpha,
+            alpha = s.cfg.loss.alpha if isinstance(s.cfg.loss.alpha, float) else s.alpha  # numeric where it is one
+            hparams = {"loss.type": s.loss, "loss.gamma": 0.0 if s.gamma is None else s.gamma, "loss.alpha": alpha,
                        "train.seed": r.run.seed, **dict(s.extras)}
             metrics = {f"hparam/{k}": r.metrics[k] for k in SETTING_METRICS if r.metrics.get(k) is not None}
             logger.log_hparams(hparams, metrics, run_name=r.run.name)
