@@ -133,8 +133,15 @@ class LossConfig:
     # ohem = gamma-0 loss over the hardest anchors per image. Head, prior and normalizer are shared.
     type: Literal["focal", "bce", "ohem"] = "focal"
     gamma: float = 2.0
-    # alpha < 0 turns alpha weighting off (torchvision's convention).
-    alpha: float = 0.25
+    # Weight of the positive term; every negative term gets 1 - (mean alpha over classes).
+    # One number (alpha < 0 turns alpha weighting off, torchvision's convention); a list of one
+    # alpha per class (in label order); or effective_number: class-balanced alphas from the training
+    # boxes per class (Cui et al. 2019, see cb_beta and cb_alpha; docs/rare_classes.md).
+    alpha: float | tuple[float, ...] | Literal["effective_number"] = 0.25
+    # effective_number: class c weighs (1 - cb_beta) / (1 - cb_beta ** n_c) (n_c its training boxes),
+    # scaled so that the alphas' mean over classes is cb_alpha. cb_beta -> 1 weighs by 1 / n_c, 0 makes all equal.
+    cb_beta: float = 0.999
+    cb_alpha: float = 0.25
     box_loss: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
     smooth_l1_beta: float = 0.1
     box_weight: float = 1.0
@@ -153,7 +160,13 @@ class LossConfig:
         _check(self.ohem_batch_size > 0, "ohem_batch_size", "must be > 0")
         _check(self.ohem_neg_pos_ratio >= 0, "ohem_neg_pos_ratio", "must be >= 0 (0 = no ratio)")
         _check(0.0 <= self.ohem_nms <= 1.0, "ohem_nms", "must be in [0, 1] (0 = off)")
-        _check(-1.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1], or negative (-1) to turn alpha weighting off")
+        if isinstance(self.alpha, tuple):
+            _check(len(self.alpha) > 0 and all(a >= 0 for a in self.alpha), "alpha", "a per-class list needs values >= 0")
+            _check(sum(self.alpha) / len(self.alpha) <= 1.0, "alpha", "the mean of a per-class list must be <= 1")
+        elif isinstance(self.alpha, float):
+            _check(-1.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1], or negative (-1) to turn alpha weighting off")
+        _check(0.0 <= self.cb_beta < 1.0, "cb_beta", "must be in [0, 1)")
+        _check(0.0 < self.cb_alpha <= 1.0, "cb_alpha", "must be in (0, 1]")
         _check(self.smooth_l1_beta >= 0, "smooth_l1_beta", "must be >= 0")
         _check(self.box_weight >= 0, "box_weight", "must be >= 0")
         _check(0.0 <= self.normalizer_momentum < 1.0, "normalizer_momentum", "must be in [0, 1)")
@@ -200,6 +213,10 @@ class DataConfig:
     augmentations: tuple[dict, ...] = ({"name": "HorizontalFlip", "p": 0.5},)
     min_visibility: float = 0.0
     aspect_ratio_grouping: bool = True
+    # Repeat-factor sampling (LVIS, Gupta et al. 2019): each train image is repeated
+    # max(1, sqrt(t / f_c)) times per epoch over its classes c (f_c: the fraction of train images
+    # containing c), rounded stochastically from train.seed. 0 = off; LVIS uses 0.001, small sets 0.1-0.3.
+    repeat_factor_threshold: float = 0.0
     # Invalid records (bad boxes, unknown or duplicate ids, unreadable image files): "error" stops
     # at start-up with a report of all of them; "skip" leaves them out and logs a summary.
     on_invalid: Literal["error", "skip"] = "error"
@@ -207,6 +224,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
         _check(0.0 <= self.min_visibility <= 1.0, "min_visibility", "must be in [0, 1]")
+        _check(0.0 <= self.repeat_factor_threshold <= 1.0, "repeat_factor_threshold", "must be in [0, 1] (0 = off)")
         for aug in self.augmentations:
             _check(isinstance(aug, dict) and "name" in aug, "augmentations", "each entry needs a 'name'")
 
@@ -413,7 +431,8 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
                 return _convert(arg, value, key, source)
             except ConfigError:
                 continue
-        raise ConfigError(f"{source}: {key}: {value!r} does not fit {tp}")
+        choices = " or ".join(_describe(arg) for arg in typing.get_args(tp))
+        raise ConfigError(f"{source}: {key}: {value!r} is not {choices}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -441,6 +460,15 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     else:
         return value
     raise ConfigError(f"{source}: {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _describe(tp: Any) -> str:
+    """A type as a user reads it in an error message: 'a number', 'a list of numbers', "'effective_number'"."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return "a list of " + _describe(typing.get_args(tp)[0]).split(" ", 1)[1] + "s"
+    return {float: "a number", int: "an integer", bool: "a boolean", str: "a string"}.get(tp, str(tp))
 
 
 def to_dict(cfg: Any) -> Any:

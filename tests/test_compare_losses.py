@@ -231,12 +231,30 @@ def test_failed_run_is_reported_and_the_others_complete(study, synthetic: Path) 
             assert row[key] == ("" if metrics[key] is None else str(metrics[key])), (name, key)
         rare = next(e["AP50"] for e in metrics["per_class"].values() if e["id"] == rare_id)
         assert row["AP50_rarest"] == ("" if rare is None else str(rare))
+        point = json.loads((out / "runs" / name / "operating_point.json").read_text())
+        assert row["recall_op"] == ("" if point["overall"]["recall"] is None else str(point["overall"]["recall"]))
+        rare_point = next(e for e in point["per_class"].values() if e["id"] == rare_id)
+        assert row["recall_op_rarest"] == ("" if rare_point["recall"] is None else str(rare_point["recall"]))
         assert float(row["train_seconds"]) > 0 and row["skipped_steps"] == "0"
     report = (out / "report.md").read_text()
     assert "failed: training failed (exit 1)" in report and "non-finite steps skipped: 0 in total" in report
     for name in ("pr_curves.png", "ap_over_iters.png"):
         assert (out / name).stat().st_size > 1000
     assert sorted(p.name for p in (out / "tensorboard").iterdir() if p.is_dir()) == sorted(rows)
+
+
+def test_top_runs_are_the_three_best_settings_by_mean_ap(synthetic: Path, tmp_path: Path) -> None:
+    entries = compare.parse_losses("focal,bce:alpha=0.75,focal:label_smoothing=0.05,focal:alpha=effective_number")
+    settings = compare.expand_settings(DEMO, synthetic_overrides(synthetic), entries, [])
+    runs = compare.plan_runs(settings, 2, 42, tmp_path)
+    # mean AP per setting: focal .35, bce .30, smoothing .40 (its seed 43 is best), effective_number .20
+    ap = {("focal-g2-a0.25", 42): 0.4, ("focal-g2-a0.25", 43): 0.3, ("bce-a0.75", 42): 0.3, ("bce-a0.75", 43): 0.3,
+          ("focal-g2-a0.25-label_smoothing0.05", 42): 0.35, ("focal-g2-a0.25-label_smoothing0.05", 43): 0.45,
+          ("focal-g2-aeffective_number", 42): 0.2, ("focal-g2-aeffective_number", 43): 0.2}
+    results = [compare.Result(r, "reused", {"AP": ap[(r.setting.name, r.seed)]}) for r in runs]
+    assert [r.run.name for r in compare.top_runs(results)] == [
+        "focal-g2-a0.25-label_smoothing0.05-s43", "focal-g2-a0.25-s42", "bce-a0.75-s42"
+    ]
 
 
 def test_rerun_reuses_finished_runs_and_evaluates_a_trained_one(study, caplog) -> None:

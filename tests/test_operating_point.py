@@ -7,14 +7,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from retinanet.cli import evaluate
 from retinanet.cli import predict as predict_cli
 from retinanet.fileio import RunFileError
 from retinanet.cli.common import run_cli
-from retinanet.evaluation.evaluator import CocoEvaluator
-from retinanet.evaluation.operating_point import OperatingPoint, find_threshold, keep_mask, search
+from retinanet.evaluation.evaluator import ClassMatches, CocoEvaluator
+from retinanet.evaluation.operating_point import (
+    OperatingPoint,
+    OperatingPointReport,
+    find_threshold,
+    format_operating_point_table,
+    keep_mask,
+    search,
+)
 from tests.conftest import REPO, make_coco, synthetic_overrides
 
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
@@ -48,6 +56,44 @@ IS_TP = [False, True, True, False, True, False]
 )
 def test_find_threshold_on_hand_made_pr_set(kwargs: dict[str, float], expected: OperatingPoint) -> None:
     assert find_threshold(SCORES, IS_TP, 4, **kwargs) == expected
+
+
+# The same six detections (four gt) priced at C x missed + cost_fp x FP; keeping nothing costs 4C.
+#  t      TP FP  C=1  C=5  C=0.5,cost_fp=3
+#  none   0  0   4    20   2
+#  0.9    1  0   3    15   1.5
+#  0.8    2  0   2    10   1    <- C=1 (tied with 0.6: the higher threshold wins), C=0.5 with cost_fp=3
+#  0.7    2  1   3    11   3.5
+#  0.6    3  1   2    6    3.5  <- C=5
+#  0.5    3  2   3    7    6.5
+#  0.4    3  3   4    8    9.5
+@pytest.mark.parametrize(
+    ("cost_fn", "cost_fp", "expected"),
+    [
+        (1.0, 1.0, OperatingPoint(0.8, 1.0, 0.5, 4 / 6, True, 2.0)),
+        (5.0, 1.0, OperatingPoint(0.6, 0.75, 0.75, 0.75, True, 6.0)),
+        (0.5, 3.0, OperatingPoint(0.8, 1.0, 0.5, 4 / 6, True, 1.0)),
+    ],
+)
+def test_cost_threshold_on_hand_made_pr_set(cost_fn: float, cost_fp: float, expected: OperatingPoint) -> None:
+    assert find_threshold(SCORES, IS_TP, 4, cost_fn=cost_fn, cost_fp=cost_fp) == pytest.approx(expected)
+    # A false positive first, priced 3, then a TP worth 1: keeping nothing (cost 2) beats 0.9 (5) and 0.8 (4),
+    # with a threshold just above the highest score, which keeps no detection.
+    assert find_threshold([0.9, 0.8], [False, True], 2, cost_fn=1.0, cost_fp=3.0) == pytest.approx(
+        OperatingPoint(0.90001, 1.0, 0.0, 0.0, True, 2.0)
+    )
+
+
+def test_cost_report_round_trips_and_names_its_costs() -> None:
+    matches = {1: ClassMatches(np.array(SCORES), np.array(IS_TP), 4)}
+    report = search(matches, {1: "cat"}, cost_fn=5.0, cost_fp=1.0)
+    raw = report.to_dict()
+    assert raw["target"] == {"kind": "cost", "value": 5.0, "cost_fp": 1.0}
+    assert raw["overall"]["cost"] == 6.0 and raw["per_class"]["cat"]["threshold"] == 0.6
+    assert OperatingPointReport.from_dict(raw) == report
+    table = format_operating_point_table(report)
+    assert "(least cost 5 x missed + 1 x false positives)" in table and table.splitlines()[1].endswith("cost")
+    assert re.search(r"^overall .* 0\.60000 .* 6\.0$", table, re.M)
 
 
 def test_unreachable_precision_reports_the_max_precision_point() -> None:
@@ -153,16 +199,19 @@ def test_matches_from_cocoeval_exclude_crowd_and_count_duplicates_as_false_posit
     assert report.per_class["fish"].point is None
 
 
-def test_evaluate_predictions_with_target_precision_writes_expected_thresholds(synthetic: Path, tmp_path: Path) -> None:
+def evaluate_handmade(synthetic: Path, tmp_path: Path, *flags: str) -> dict[str, Any]:
+    """evaluate.py --predictions on the hand-made records over two val images; the operating_point.json written."""
     val = json.loads((synthetic / "annotations" / "instances_val.json").read_text())
     gt = handmade_gt((val["images"][0]["file_name"], val["images"][1]["file_name"]))
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "results.json").write_text(json.dumps(result_records()))
     sets = synthetic_overrides(synthetic) + [f"data.val.annotations={tmp_path / 'gt.json'}"]
-    code = evaluate.main(["--config", DEMO, "--predictions", str(tmp_path / "results.json"),
-                          "--target-precision", "0.6", "--set", *sets])
-    assert code == 0
-    saved = json.loads((tmp_path / "operating_point.json").read_text())
+    assert evaluate.main(["--config", DEMO, "--predictions", str(tmp_path / "results.json"), *flags, "--set", *sets]) == 0
+    return json.loads((tmp_path / "operating_point.json").read_text())
+
+
+def test_evaluate_predictions_with_target_precision_writes_expected_thresholds(synthetic: Path, tmp_path: Path) -> None:
+    saved = evaluate_handmade(synthetic, tmp_path, "--target-precision", "0.6")
     assert saved["target"] == {"kind": "precision", "value": 0.6}
     # Pooled, precision >= 0.6 only at 0.9 (1 TP of 3 gt); cat alone likewise (1 of 2); dog at 0.5.
     assert saved["overall"] == {"threshold": 0.9, "precision": 1.0, "recall": pytest.approx(1 / 3), "f1": 0.5,
@@ -175,19 +224,34 @@ def test_evaluate_predictions_with_target_precision_writes_expected_thresholds(s
                                           "reached": False}
 
 
+def test_evaluate_predictions_with_cost_writes_the_cheapest_thresholds(synthetic: Path, tmp_path: Path) -> None:
+    saved = evaluate_handmade(synthetic, tmp_path, "--cost-fn", "2", "--cost-fp", "1")
+    assert saved["target"] == {"kind": "cost", "value": 2.0, "cost_fp": 1.0}
+    # Pooled, counted at IoU 0.5 (crowd match left out), 3 gt: 0.9 TP, 0.8 FP, 0.6 FP, 0.5 TP, 0.4 FP, 0.3 TP.
+    # Cost 2 x missed + FP: none 6, 0.9 -> 4, 0.8 -> 5, 0.6 -> 6, 0.5 -> 4, 0.4 -> 5, 0.3 -> 3 (all kept).
+    assert saved["overall"] == {"threshold": 0.3, "precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3),
+                                "reached": True, "cost": 3.0}
+    # cat: 0.9 TP, 0.8 FP, 0.6 FP, 0.3 TP of 2 gt: none 4, 0.9 -> 2, 0.8 -> 3, 0.6 -> 4, 0.3 -> 2: 0.9 (higher).
+    assert saved["per_class"]["cat"]["threshold"] == 0.9 and saved["per_class"]["cat"]["cost"] == 2.0
+    # bird: one FP and no ground truth: undefined, as for the other targets.
+    assert saved["per_class"]["bird"]["threshold"] is None
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--target-precision", "1.5"], "error: --target-precision 1.5: must be a number in (0, 1]"),
-        (["--target-recall", "0"], "error: --target-recall 0: must be a number in (0, 1]"),
-        (["--target-recall", "high"], "error: --target-recall high: must be a number in (0, 1]"),
+        (["--cost-fn", "0"], "error: --cost-fn 0: must be a number > 0, e.g. --cost-fn 5"),
+        (["--cost-fn", "5", "--cost-fp", "x"], "error: --cost-fp x: must be a number > 0, e.g. --cost-fp 5"),
+        (["--target-precision", "1.5"], "error: --target-precision 1.5: must be a number in (0, 1], e.g. --target-precision 0.9"),
+        (["--target-recall", "0"], "error: --target-recall 0: must be a number in (0, 1], e.g. --target-recall 0.9"),
+        (["--target-recall", "high"], "error: --target-recall high: must be a number in (0, 1], e.g. --target-recall 0.9"),
     ],
 )
 def test_bad_target_is_a_one_line_error(flags: list[str], message: str, capsys, monkeypatch) -> None:
     monkeypatch.setattr("sys.argv", ["evaluate.py"])
     assert run_cli(lambda: evaluate.main(["--config", DEMO, "--predictions", "r.json", *flags])) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [message + ", e.g. " + flags[0] + " 0.9"]
+    assert err == [message]
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -230,7 +294,7 @@ def test_train_writes_model_card_and_max_f1_operating_point(trained_run: Path, s
     card = (trained_run / "MODEL_CARD.md").read_text()
     headings = [line for line in card.splitlines() if line.startswith("## ")]
     assert headings == ["## Data", "## Configuration", "## Loss", "## Operating point", "## COCO metrics (val)",
-                        "## Training"]
+                        "## Score distribution (val)", "## Training"]
     for split, n_images in (("train", 16), ("val", 8)):
         gt = json.loads((synthetic / "annotations" / f"instances_{split}.json").read_text())
         assert len(gt["images"]) == n_images
@@ -258,6 +322,11 @@ def test_train_writes_model_card_and_max_f1_operating_point(trained_run: Path, s
     assert last_eval["step"] == 4
     assert "`checkpoints/last.pt` at iteration 4" in card
     assert re.search(rf"^\s*{100 * last_eval['AP']:.1f}\s+{100 * last_eval['AP50']:.1f}\s", card, re.M)
+    # The val score distribution is that of the final evaluation's records: 8 val images.
+    distribution = json.loads((trained_run / "model_card.json").read_text())["score_distribution"]
+    assert distribution["num_images"] == 8 and len(distribution["quantiles"]) == 101
+    assert sum(1 for _ in distribution["detections_per_image"]) == 101
+    assert f"{distribution['num_detections']} detections on 8 images" in card
 
 
 def test_evaluate_target_precision_stores_operating_point_and_predict_uses_it(
@@ -298,6 +367,34 @@ def test_evaluate_target_precision_stores_operating_point_and_predict_uses_it(
     listed = ", ".join(f"{name} {thresholds[e['id']]:.5g}" for name, e in stored["per_class"].items())
     assert f"score thresholds from {run / 'operating_point.json'} (precision >= 0.5, per class): {listed}" in out
     assert records == [r for r in unfiltered if round(r["score"], 5) >= thresholds[r["category_id"]]]
+
+
+def test_evaluate_cost_feeds_the_card_and_predict_watches_score_drift(
+    trained_run: Path, synthetic: Path, tmp_path: Path, capsys
+) -> None:
+    run = copy_run(trained_run, tmp_path / "run")
+    checkpoint = run / "checkpoints" / "best.pt"
+    assert evaluate.main(["--config", str(run / "config.yaml"), "--checkpoint", str(checkpoint),
+                          "--output-dir", str(tmp_path / "eval"), "--cost-fn", "5"]) == 0
+    stored = json.loads((run / "operating_point.json").read_text())
+    assert stored["target"] == {"kind": "cost", "value": 5.0, "cost_fp": 1.0}
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "(least cost 5 x missed + 1 x false positives at IoU 0.5" in card
+    assert f"cost {stored['overall']['cost']:g}." in card
+    facts = json.loads((run / "model_card.json").read_text())
+    detections = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    assert facts["score_distribution"]["num_detections"] == len(detections)
+
+    # predict.py on the val images themselves: the cost thresholds, and the same scores as the card's.
+    out, _ = predict_records(checkpoint, synthetic / "val", tmp_path / "pred", capsys)
+    assert f"score thresholds from {run / 'operating_point.json'} (least cost 5 x missed" in out
+    assert "score drift vs val, scores: KS D 0.0" in out and "warning" not in out
+    # A card whose val scores were all lower: the same images now warn, with the figures.
+    facts["score_distribution"]["scores"] = [s / 10 for s in facts["score_distribution"]["scores"]]
+    (run / "model_card.json").write_text(json.dumps(facts))
+    out, _ = predict_records(checkpoint, synthetic / "val", tmp_path / "pred", capsys)
+    assert "warning: the scores of these images differ from the validation set's (score drift)" in out
+    assert re.search(r"score drift vs val, scores: KS D (1\.000|0\.9\d\d) \(warns above 0\.\d+\)", out)
 
 
 def test_predict_takes_each_class_threshold_and_the_overall_one_for_undefined_classes(

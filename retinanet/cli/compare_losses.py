@@ -5,7 +5,8 @@
         [--set KEY=VALUE ...] [--debug]
 
 A setting is one `--losses` entry (`TYPE[:key=value[;key=value]]`, keys relative to `loss.` or full
-config keys) at one point of the `--grid` product; `loss.gamma` only applies to focal. Precedence:
+config keys, e.g. `focal:alpha=effective_number`, `focal:label_smoothing=0.05`,
+`focal:data.repeat_factor_threshold=0.1`) at one point of the `--grid` product; `loss.gamma` only applies to focal. Precedence:
 config < --set < --grid < the entry's own overrides; loss.type and train.seed come from --losses and
 --seeds only. Settings with the same resolved config are run once. Seed i (0..N-1) sets train.seed to
 the config's seed + i for every setting, so one seed's runs share data order, augmentations and init.
@@ -15,8 +16,10 @@ for every setting), in subprocesses, into DIR/runs/<run>/. A failed run is repor
 on; the exit code is then 1. Running the same command again resumes the study: evaluated runs are
 reused, trained ones only evaluated, interrupted ones continued with `train.py --resume`.
 
-Writes DIR/report.md, DIR/results.csv, DIR/pr_curves.png, DIR/ap_over_iters.png, DIR/compare.log and
-DIR/tensorboard (one hparams entry per run).
+Writes DIR/report.md (each run's and setting's AP, AP50, AP75, the rarest class's AP50 and the recall at
+the run's operating point, overall and for the rarest class), DIR/results.csv, DIR/pr_curves.png and
+DIR/ap_over_iters.png (the three settings with the highest mean AP), DIR/compare.log and DIR/tensorboard
+(one hparams entry per run).
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
     python evaluate.py --config FILE --checkpoint CKPT [--output-dir DIR] [--set KEY=VALUE ...]
     python evaluate.py --config FILE --predictions RESULTS.json [--output-dir DIR]
-    add --target-precision P or --target-recall R to choose score thresholds (operating point)
+    add --target-precision P, --target-recall R or --cost-fn C [--cost-fp F] to choose score thresholds
+    (operating point; --cost-fn: the least C x missed + F x false positives, F = 1 by default)
 
 Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class) and,
 with a checkpoint, OUTPUT_DIR/detections.json (COCO results: original image and category ids).
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-precision", metavar="P", help="score thresholds: most recall at precision >= P")
     target.add_argument("--target-recall", metavar="R", help="the highest score thresholds with recall >= R")
+    target.add_argument("--cost-fn", metavar="C", help="score thresholds of least C x missed + cost-fp x false positives")
+    parser.add_argument("--cost-fp", metavar="F", default="1", help="cost of a false positive with --cost-fn (default 1)")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser.parse_args(argv)
@@ -56,7 +59,17 @@ def metrics_for_file(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_target(args: argparse.Namespace) -> dict[str, float] | None:
-    """--target-precision / --target-recall -> search() keyword, checked to lie in (0, 1]."""
+    """--target-precision / --target-recall / --cost-fn -> search() keywords, checked."""
+    if args.cost_fn is not None:
+        costs = {}
+        for flag, key in (("--cost-fn", "cost_fn"), ("--cost-fp", "cost_fp")):
+            try:
+                costs[key] = float(getattr(args, key))
+            except ValueError:
+                costs[key] = math.nan
+            if not costs[key] > 0 or math.isinf(costs[key]):
+                raise ConfigError(f"{flag} {getattr(args, key)}: must be a number > 0, e.g. {flag} 5")
+        return costs
     for flag, key in (("--target-precision", "target_precision"), ("--target-recall", "target_recall")):
         raw = getattr(args, key)
         if raw is None:
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         written = save_report(report, out_dir, *([run_dir] if run_dir else []))
         if run_dir is not None:
             facts = {"config": ckpt.config, "train_seconds": ckpt.train_seconds, "iteration": ckpt.iteration}
-            written.append(update_model_card(run_dir, cfg, val_set.summary(), metrics, report, ckpt_path, facts))
+            written.append(update_model_card(run_dir, cfg, val_set.summary(), metrics, report, ckpt_path, facts, evaluator))
         print("operating point: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -4,9 +4,13 @@
         [--output-dir DIR] [--score-thresh 0.3] [--device auto]
 
 Score thresholds: by default the operating point stored in the checkpoint's run folder
-(`operating_point.json` beside `checkpoints/`, written by train.py and by evaluate.py --target-*),
-per class when it has them; `--score-thresh` sets one threshold for every class; without either,
-0.3. The thresholds used are printed.
+(`operating_point.json` beside `checkpoints/`, written by train.py and by evaluate.py --target-* or
+--cost-fn), per class when it has them; `--score-thresh` sets one threshold for every class; without
+either, 0.3. The thresholds used are printed.
+
+Score drift: when the run's model card stores the val score distribution, the scores and the
+detections per image on these images (before the thresholds) are compared with it, and a warning
+with the figures is printed when they differ by more than `retinanet.evaluation.drift`'s bound.
 
 Writes every image with its boxes, class names and scores drawn, and `detections.json`
 (COCO results with the checkpoint's category ids; `image_id` is the position in the sorted
@@ -26,6 +30,8 @@ from retinanet.data.coco import load_image
 from retinanet.modeling.detector import Detector
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
 from retinanet.engine.runtime import place_model, resolve_device
+from retinanet.evaluation.drift import check_drift, format_drift
+from retinanet.evaluation.model_card import load_model_card
 from retinanet.evaluation.operating_point import FILE_NAME, keep_mask, load_report, thresholds_for
 from retinanet.cli.common import run_cli
 from retinanet.evaluation.evaluator import detections_to_coco
@@ -106,9 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     thresholds, note = choose_thresholds(args.score_thresh, ckpt_path, ckpt.iteration, categories)
     print(note)
     records = []
+    all_scores: list[float] = []
+    per_image: list[int] = []
     for image_id, path in enumerate(list_images(Path(args.input))):
         image = load_image(path)
         det = detector([torch.from_numpy(image).permute(2, 0, 1)])[0]  # uint8 (3, H, W): no float round trip
+        all_scores += det["scores"].tolist()
+        per_image.append(int(det["scores"].numel()))
         keep = keep_mask(det["scores"], det["labels"], thresholds)
         kept = Detections(det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu())
         drawn = draw_detections(image, kept.boxes_xyxy, [names[int(l)] for l in kept.labels], kept.scores.tolist())
@@ -117,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.name}: {int(keep.sum())} detections")
     (out_dir / "detections.json").write_text(json.dumps(records))
     print(f"wrote {out_dir}/ (drawn images and detections.json)")
+    card = load_model_card(ckpt_path.parent.parent)
+    if card is not None and card.score_distribution is not None:
+        drift = format_drift(check_drift(card.score_distribution, all_scores, per_image))
+        if drift:
+            print(drift)
     return 0
 
 

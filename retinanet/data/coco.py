@@ -263,6 +263,17 @@ class CocoDetection(Dataset):
             "per_class": [{"id": i, "name": n, "boxes": per_class[i]} for i, n in zip(cmap.category_ids, cmap.names)],
         }
 
+    def image_labels(self) -> list[np.ndarray]:
+        """Contiguous labels of each item's non-crowd boxes (no image is opened), for repeat factors."""
+        return [ann.labels[~ann.iscrowd] for ann in self._annotations]
+
+    def class_box_counts(self) -> list[int]:
+        """Non-crowd boxes per contiguous label (after dropping degenerate boxes): the n_c of class-balanced alpha."""
+        counts = np.zeros(self.category_map.num_classes, dtype=np.int64)
+        for labels in self.image_labels():
+            np.add.at(counts, labels, 1)
+        return counts.tolist()
+
     def aspect_ratios(self) -> list[float]:
         """Width / height of every item, from the json (no image is opened), for aspect-ratio grouping."""
         return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.ids]

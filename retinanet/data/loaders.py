@@ -2,19 +2,29 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import DataLoader, Subset
 
 from retinanet.config import Config, ConfigError, SplitConfig
 
 from retinanet.data.coco import CocoDetection
 from retinanet.data.collate import aspect_ratio_group_ids, collate, seed_worker
-from retinanet.data.sampler import SeededDataset, TrainBatchSampler
+from retinanet.data.sampler import (
+    SeededDataset,
+    TrainBatchSampler,
+    format_sampling_summary,
+    repeat_factors,
+    sampling_summary,
+)
 from retinanet.data.transforms import build_transforms
 from retinanet.data.validate import DatasetError
 
-__all__ = ["DatasetError", "build_dataset", "build_train_loader", "build_val_loader"]
+__all__ = ["DatasetError", "build_dataset", "build_train_loader", "build_val_loader", "train_repeat_factors"]
+
+logger = logging.getLogger("retinanet.data")
 
 
 def build_dataset(cfg: Config, split: str, source: str = "config") -> CocoDetection:
@@ -54,7 +64,7 @@ def build_train_loader(
     groups = aspect_ratio_group_ids(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
     sampler = TrainBatchSampler(
         len(dataset), cfg.train.batch_size // world_size, cfg.train.seed, groups, start_batch=start_batch, rank=rank,
-        world_size=world_size,
+        world_size=world_size, repeat_factors=train_repeat_factors(cfg, dataset),
     )
     return DataLoader(
         SeededDataset(dataset),
@@ -65,6 +75,24 @@ def build_train_loader(
         persistent_workers=cfg.data.num_workers > 0,
         prefetch_factor=4 if cfg.data.num_workers > 0 else None,
     )
+
+
+def train_repeat_factors(cfg: Config, dataset: CocoDetection) -> np.ndarray | None:
+    """Per-item repeat factors of `data.repeat_factor_threshold` (None when 0), logged with the class shares."""
+    threshold = cfg.data.repeat_factor_threshold
+    if threshold <= 0:
+        return None
+    labels = dataset.image_labels()
+    factors = repeat_factors(labels, threshold)
+    summary = sampling_summary(labels, factors, dataset.category_map.num_classes)
+    logger.info("%s: %s", dataset.annotations_file.name, format_sampling_summary(summary, dataset.category_map.names, threshold))
+    if (factors == 1.0).all():
+        rarest = float(summary.share_before[summary.share_before > 0].min(initial=1.0))
+        logger.warning(
+            "data.repeat_factor_threshold=%g repeats no image: every class is in at least %.3g of the train images; "
+            "set it above that to oversample the rarest class", threshold, rarest,
+        )
+    return factors
 
 
 def build_val_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world_size: int = 1) -> DataLoader:

@@ -42,6 +42,7 @@ from retinanet.engine.run_folder import BEST, LAST, checkpoint_path, default_out
 from retinanet.engine.runtime import autocast, check_amp, place_model, resolve_device
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.model_card import finish_training_run
+from retinanet.evaluation.operating_point import IOU, class_scalars
 from retinanet.evaluation.visualize import draw_comparison
 from retinanet.modeling.losses import DetectionLoss
 from retinanet.modeling.model import build_criterion, build_model, build_postprocess
@@ -224,12 +225,14 @@ class Trainer:
                 model, device_ids=[device.index] if device.type == "cuda" else None,
                 broadcast_buffers=cfg.model.backbone.norm == "bn",  # frozen BN and GN buffers never change
             ),
-            criterion=build_criterion(cfg, cfg.model.num_classes, distributed.all_reduce_sum if world > 1 else None),
+            criterion=build_criterion(cfg, cfg.model.num_classes, distributed.all_reduce_sum if world > 1 else None,
+                                      class_counts=train_set.class_box_counts()),
             postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
             scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
             train_set=train_set, val_set=val_set,
             val_loader=build_val_loader(cfg, val_set, distributed.get_rank(), world) if val_set is not None else None,
-            evaluator=CocoEvaluator(val_set.coco, backend=cfg.eval.backend) if val_set is not None else None,
+            evaluator=(CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)  # per-class recall
+                       if val_set is not None else None),
             logger=RunLogger(out_dir, enabled=distributed.is_main_process()), stop=StopRequest(), progress=Progress(),
             metrics={},
         )
@@ -317,6 +320,9 @@ class Trainer:
             self.logger.log_eval(step, metrics)
             recall, precision = self.evaluator.pr_curve(iou=0.5)
             self.logger.log_pr_curve(step, "eval/pr_curve_iou50", recall, precision)
+            train_counts = dict(zip(self.train_set.category_map.category_ids, self.train_set.class_box_counts()))
+            scalars = class_scalars(self.evaluator.matches(iou=IOU), metrics, train_box_counts=train_counts)
+            self.logger.log_scalars(step, scalars, prefix="eval_classes", kind="eval_classes")
             self.logger.log_images(step, "eval/predictions", self.draw(kept))
         log.info("iter %d: AP %.4f AP50 %.4f AP75 %.4f", step, metrics["AP"], metrics["AP50"], metrics["AP75"])
         if metrics["AP"] > self.progress.best_ap:

@@ -255,6 +255,12 @@ class CocoEvaluator:
             }
         return per_class
 
+    def evaluated(self) -> tuple[list[dict[str, Any]], list[int]]:
+        """The last `compute`'s result records and the image ids it evaluated (for the score distribution)."""
+        if self._params is None:
+            raise RuntimeError("call compute() before evaluated()")
+        return list(self._computed_records), [int(i) for i in self._params.imgIds]
+
     def matches(self, iou: float = 0.5, area: str = "all", max_dets: int = 100) -> dict[int, ClassMatches]:
         """Per category id: every counted detection's score and TP flag, and the non-ignored gt count.
 

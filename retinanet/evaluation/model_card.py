@@ -21,6 +21,7 @@ import torch
 from retinanet.config import Config, from_dict, to_dict
 from retinanet.fileio import RunFileError
 from retinanet.fileio import write_text_atomic
+from retinanet.evaluation.drift import MIN_SHIFT, score_distribution
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.evaluation.operating_point import IOU, OperatingPointReport, format_operating_point_table, save_report, search
 
@@ -42,6 +43,7 @@ class ModelCard:
     evaluation: dict[str, Any] | None = None  # checkpoint, iteration, metrics (metrics.json layout)
     operating_point: dict[str, Any] | None = None  # operating_point.json content
     written_by: str = "train.py"
+    score_distribution: dict[str, Any] | None = None  # drift.score_distribution of the val evaluation
 
 
 def cpu_name() -> str:
@@ -137,8 +139,14 @@ def finish_training_run(
             if metrics else None
         ),
         operating_point=report.to_dict() if report is not None else None,
+        score_distribution=evaluated_distribution(evaluator) if evaluator is not None and metrics else None,
     )
     return write_model_card(run_dir, card)
+
+
+def evaluated_distribution(evaluator: CocoEvaluator) -> dict[str, Any]:
+    """The val score distribution the card stores, from the evaluator's last compute."""
+    return score_distribution(*evaluator.evaluated())
 
 
 def update_model_card(
@@ -149,8 +157,9 @@ def update_model_card(
     report: OperatingPointReport,
     checkpoint: Path,
     state: dict[str, Any],
+    evaluator: CocoEvaluator | None = None,
 ) -> Path:
-    """evaluate.py: rewrite the card with this evaluation's metrics and operating point.
+    """evaluate.py: rewrite the card with this evaluation's metrics, operating point and score distribution.
 
     The training facts come from model_card.json; a run from before the card gets what the
     checkpoint knows (config, iterations, training time) and "not recorded" for the rest.
@@ -173,6 +182,7 @@ def update_model_card(
         },
         operating_point=report.to_dict(),
         written_by="evaluate.py",
+        score_distribution=evaluated_distribution(evaluator) if evaluator is not None else card.score_distribution,
     )
     return write_model_card(run_dir, card)
 
@@ -248,6 +258,8 @@ def _config_section(cfg: Config, world_size: int) -> list[str]:
         ("matcher", f"IoU >= {m.matcher.fg_iou:g} foreground, < {m.matcher.bg_iou:g} background"),
         ("optimizer", optimizer),
         ("batch", batch),
+        ("sampling", f"repeat factors, threshold {cfg.data.repeat_factor_threshold:g}"
+                     if cfg.data.repeat_factor_threshold > 0 else "uniform"),
         ("iterations", f"{t.max_iters}"),
         ("schedule", schedule),
         ("mixed precision", t.amp),
@@ -261,7 +273,12 @@ def _loss_section(cfg: Config) -> list[str]:
     loss = cfg.loss
     names = {"focal": "sigmoid focal loss", "bce": "alpha-balanced cross-entropy (focal with gamma 0)",
              "ohem": "online hard example mining (gamma-0 loss on the hardest anchors)"}
-    alpha = "off" if loss.alpha < 0 else f"{loss.alpha:g}"
+    if isinstance(loss.alpha, tuple):
+        alpha = "per class " + ", ".join(f"{a:g}" for a in loss.alpha)
+    elif isinstance(loss.alpha, str):
+        alpha = f"class-balanced ({loss.alpha}, cb_beta {loss.cb_beta:g}, mean {loss.cb_alpha:g})"
+    else:
+        alpha = "off" if loss.alpha < 0 else f"{loss.alpha:g}"
     text = f"Classification: {names[loss.type]} (`loss.type: {loss.type}`), gamma {loss.gamma:g}, alpha {alpha}"
     if loss.label_smoothing > 0:
         text += f", label smoothing {loss.label_smoothing:g}"
@@ -291,10 +308,35 @@ def _operating_point_section(raw: dict[str, Any] | None) -> list[str]:
         lines.append(
             f"Score threshold **{overall.threshold:.5g}** overall ({report.describe_target()} at IoU {raw['iou']:g}, "
             f"on the val detections{where}): precision {overall.precision:.3f}, recall {overall.recall:.3f}, "
-            f"F1 {overall.f1:.3f}.{missed}"
+            f"F1 {overall.f1:.3f}{'' if overall.cost is None else f', cost {overall.cost:g}'}.{missed}"
         )
     lines += ["`scripts/predict.py` uses the per-class thresholds below by default (`operating_point.json`).", "",
               "```text", format_operating_point_table(report), "```", ""]
+    return lines
+
+
+def _distribution_section(raw: dict[str, Any] | None) -> list[str]:
+    lines = ["## Score distribution (val)", ""]
+    if raw is None:
+        return lines + ["Not recorded.", ""]
+    picks = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+    def row(values: list[float] | None) -> str:  # values at the stored quantiles 0, 1/100, ..., 1
+        if values is None:
+            return " | ".join("-" for _ in picks)
+        return " | ".join(f"{values[round(q * (len(values) - 1))]:.4g}" for q in picks)
+
+    lines += [
+        f"{raw['num_detections']} detections on {raw['num_images']} images. `scripts/predict.py` compares the "
+        f"images it runs with this (Kolmogorov-Smirnov; it warns above max({MIN_SHIFT:g}, the test's 1 % critical "
+        "value), see docs/rare_classes.md).",
+        "",
+        "| quantity | " + " | ".join(f"{100 * q:g} %" for q in picks) + " |",
+        "|---|" + "---:|" * len(picks),
+        f"| detection score | {row(raw['scores'])} |",
+        f"| detections per image | {row(raw['detections_per_image'])} |",
+        "",
+    ]
     return lines
 
 
@@ -337,5 +379,6 @@ def render(card: ModelCard) -> str:
     lines += _loss_section(cfg)
     lines += _operating_point_section(card.operating_point)
     lines += _metrics_section(card.evaluation)
+    lines += _distribution_section(card.score_distribution)
     lines += _training_section(card.training)
     return "\n".join(lines)

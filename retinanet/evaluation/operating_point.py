@@ -8,7 +8,11 @@ candidates are the distinct scores. Rules, chosen so the result is the most usef
 - precision target P: the highest recall whose precision is >= P; among thresholds with that
   recall, the highest one (a lower one only adds false positives);
 - recall target R: the highest threshold whose recall is >= R (the fewest detections);
-- no target: the threshold with the highest F1 (the highest threshold on a tie).
+- no target: the threshold with the highest F1 (the highest threshold on a tie);
+- cost C (and cost_fp, default 1): the threshold with the lowest C x missed + cost_fp x false
+  positives (missed = ground truth - true positives), the highest threshold on a tie. Keeping
+  nothing is a candidate too (cost C x ground truth): its threshold lies just above the highest
+  score, and its precision is taken as 1 (sklearn's convention at zero recall).
 
 An unreachable target is reported (`reached=False`) with the closest point: the highest
 precision (then the highest recall) for a precision target, the highest recall for a recall
@@ -47,6 +51,7 @@ class OperatingPoint:
     recall: float
     f1: float
     reached: bool
+    cost: float | None = None  # cost targets only: C x missed + cost_fp x false positives there
 
 
 @dataclass(frozen=True)
@@ -61,16 +66,20 @@ class ClassPoint:
 class OperatingPointReport:
     """The search overall (all classes pooled) and per class, with the target that drove it."""
 
-    kind: Literal["precision", "recall", "max_f1"]
-    value: float | None
+    kind: Literal["precision", "recall", "max_f1", "cost"]
+    value: float | None  # the target; for a cost target, C (the cost of a missed box)
     overall: OperatingPoint | None
     per_class: dict[str, ClassPoint]
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint, iteration, split
+    cost_fp: float | None = None  # cost targets only: the cost of a false positive
 
     def to_dict(self) -> dict[str, Any]:
         """The operating_point.json layout; undefined points are written with null numbers."""
+        target: dict[str, Any] = {"kind": self.kind, "value": self.value}
+        if self.kind == "cost":
+            target["cost_fp"] = self.cost_fp
         return {
-            "target": {"kind": self.kind, "value": self.value},
+            "target": target,
             "iou": IOU,
             "overall": _point_dict(self.overall),
             "per_class": {name: {"id": c.id, **_point_dict(c.point)} for name, c in self.per_class.items()},
@@ -85,25 +94,32 @@ class OperatingPointReport:
             overall=_point_from(raw["overall"]),
             per_class={name: ClassPoint(int(e["id"]), _point_from(e)) for name, e in raw["per_class"].items()},
             source=dict(raw.get("source") or {}),
+            cost_fp=raw["target"].get("cost_fp"),
         )
 
     def describe_target(self) -> str:
         if self.kind == "max_f1":
             return "max F1"
+        if self.kind == "cost":
+            return f"least cost {self.value:g} x missed + {self.cost_fp:g} x false positives"
         return f"{self.kind} >= {self.value:g}"
 
 
 def _point_dict(point: OperatingPoint | None) -> dict[str, Any]:
     if point is None:
         return {"threshold": None, "precision": None, "recall": None, "f1": None, "reached": False}
-    return asdict(point)
+    out = asdict(point)
+    if point.cost is None:
+        del out["cost"]
+    return out
 
 
 def _point_from(raw: Mapping[str, Any]) -> OperatingPoint | None:
     if raw.get("threshold") is None:
         return None
+    cost = raw.get("cost")
     return OperatingPoint(float(raw["threshold"]), float(raw["precision"]), float(raw["recall"]),
-                          float(raw["f1"]), bool(raw["reached"]))
+                          float(raw["f1"]), bool(raw["reached"]), None if cost is None else float(cost))
 
 
 def find_threshold(
@@ -112,13 +128,17 @@ def find_threshold(
     num_gt: int,
     target_precision: float | None = None,
     target_recall: float | None = None,
+    cost_fn: float | None = None,
+    cost_fp: float = 1.0,
 ) -> OperatingPoint | None:
     """The operating point for one target (see the module doc); None without detections or ground truth."""
-    if target_precision is not None and target_recall is not None:
-        raise ValueError("give target_precision or target_recall, not both")
+    if sum(t is not None for t in (target_precision, target_recall, cost_fn)) > 1:
+        raise ValueError("give one of target_precision, target_recall and cost_fn, not both")
     for target in (target_precision, target_recall):
         if target is not None and not 0.0 < target <= 1.0:
             raise ValueError(f"targets must be in (0, 1], got {target}")
+    if cost_fn is not None and not (cost_fn > 0 and cost_fp > 0):
+        raise ValueError(f"costs must be > 0, got cost_fn={cost_fn}, cost_fp={cost_fp}")
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     is_tp = np.asarray(is_tp, dtype=bool).reshape(-1)
     if scores.shape != is_tp.shape:
@@ -137,6 +157,8 @@ def find_threshold(
     precision = tp / kept
     recall = tp / num_gt
     f1 = 2 * tp / (kept + num_gt)
+    if cost_fn is not None:
+        return _least_cost(thresholds, tp, kept, num_gt, cost_fn, cost_fp)
 
     reached = True
     if target_precision is not None:
@@ -163,18 +185,42 @@ def find_threshold(
     )
 
 
+def _least_cost(
+    thresholds: np.ndarray, tp: np.ndarray, kept: np.ndarray, num_gt: int, cost_fn: float, cost_fp: float
+) -> OperatingPoint:
+    """The cheapest candidate (the highest threshold on a tie), keeping nothing included (see the module doc)."""
+    nothing = round(float(thresholds[0]) + 10.0**-SCORE_DECIMALS, SCORE_DECIMALS)  # just above the highest score
+    thresholds = np.concatenate([[nothing], thresholds])
+    tp = np.concatenate([[0], tp])
+    kept = np.concatenate([[0], kept])
+    cost = cost_fn * (num_gt - tp) + cost_fp * (kept - tp)
+    index = int(np.argmin(cost))  # the first minimum: thresholds are descending
+    precision = tp[index] / kept[index] if kept[index] else 1.0
+    return OperatingPoint(
+        threshold=float(thresholds[index]),
+        precision=float(precision),
+        recall=float(tp[index] / num_gt),
+        f1=float(2 * tp[index] / (kept[index] + num_gt)),
+        reached=True,
+        cost=float(cost[index]),
+    )
+
+
 def search(
     matches: Mapping[int, ClassMatches],
     names: Mapping[int, str],
     target_precision: float | None = None,
     target_recall: float | None = None,
     source: Mapping[str, Any] | None = None,
+    cost_fn: float | None = None,
+    cost_fp: float = 1.0,
 ) -> OperatingPointReport:
     """Search overall (every class pooled into one list) and for each class alone.
 
     `names` maps category id -> report name (the keys of metrics' per_class).
     """
-    kwargs = {"target_precision": target_precision, "target_recall": target_recall}
+    kwargs = {"target_precision": target_precision, "target_recall": target_recall, "cost_fn": cost_fn,
+              "cost_fp": cost_fp}
     pooled_scores = np.concatenate([m.scores for m in matches.values()] or [np.zeros(0)])
     pooled_tp = np.concatenate([m.is_tp for m in matches.values()] or [np.zeros(0, bool)])
     overall = find_threshold(pooled_scores, pooled_tp, sum(m.num_gt for m in matches.values()), **kwargs)
@@ -186,6 +232,9 @@ def search(
         kind, value = "precision", float(target_precision)
     elif target_recall is not None:
         kind, value = "recall", float(target_recall)
+    elif cost_fn is not None:
+        kind, value = "cost", float(cost_fn)
+        return OperatingPointReport(kind, value, overall, per_class, dict(source or {}), float(cost_fp))
     else:
         kind, value = "max_f1", None
     return OperatingPointReport(kind, value, overall, per_class, dict(source or {}))
@@ -200,16 +249,49 @@ def format_operating_point_table(report: OperatingPointReport) -> str:
     """Plain-text table: class, id, threshold, precision, recall, F1, and '!' where the target is missed."""
     rows = [("overall", "", report.overall)] + [(n, str(c.id), c.point) for n, c in report.per_class.items()]
     width = max(len("class"), *(len(name) for name, _, _ in rows))
+    with_cost = report.kind == "cost"
     lines = [f"operating point at IoU {IOU} ({report.describe_target()})",
-             f"{'class':<{width}}  {'id':>4}  threshold  precision  recall     F1"]
+             f"{'class':<{width}}  {'id':>4}  threshold  precision  recall     F1" + ("       cost" if with_cost else "")]
     for name, cid, p in rows:
         missed = "" if p is None or p.reached else "  (target not reached)"
         undefined = "  (undefined: no detections or no ground truth)" if p is None else ""
+        cost = f"  {_cell(p and p.cost, '9.1f')}" if with_cost else ""
         lines.append(
             f"{name:<{width}}  {cid:>4}  {_cell(p and p.threshold, '9.5f')}  {_cell(p and p.precision, '9.3f')}  "
-            f"{_cell(p and p.recall, '6.3f')}  {_cell(p and p.f1, '5.3f')}{missed}{undefined}"
+            f"{_cell(p and p.recall, '6.3f')}  {_cell(p and p.f1, '5.3f')}{cost}{missed}{undefined}"
         )
     return "\n".join(lines)
+
+
+def class_scalars(
+    matches: Mapping[int, ClassMatches],
+    metrics: Mapping[str, Any],
+    train_box_counts: Mapping[int, int] | None = None,
+) -> dict[str, float]:
+    """Per-class recall and precision at each class's max-F1 threshold, and the rarest class's AP50.
+
+    matches: `CocoEvaluator.matches(iou=IOU)` after `compute()`; metrics: what that `compute()`
+    returned (its per_class AP50 and names). The rarest class has the fewest `train_box_counts`
+    (category id -> non-crowd training boxes, at least one), else the fewest val boxes. Keys are
+    "recall/<name>", "precision/<name>" and "rare_AP50"; a class without val boxes has neither, one
+    without detections has recall 0 and no precision.
+    """
+    out: dict[str, float] = {}
+    names = {int(entry["id"]): name for name, entry in metrics["per_class"].items()}
+    for category_id, m in matches.items():
+        if m.num_gt == 0:
+            continue
+        point = find_threshold(m.scores, m.is_tp, m.num_gt)
+        out[f"recall/{names[category_id]}"] = 0.0 if point is None else point.recall
+        if point is not None:
+            out[f"precision/{names[category_id]}"] = point.precision
+    counts = dict(train_box_counts) if train_box_counts else {i: m.num_gt for i, m in matches.items()}
+    present = sorted((n, i) for i, n in counts.items() if n > 0 and i in names)
+    if present:
+        ap50 = metrics["per_class"][names[present[0][1]]].get("AP50")
+        if ap50 is not None:
+            out["rare_AP50"] = float(ap50)
+    return out
 
 
 def save_report(report: OperatingPointReport, *directories: Path) -> list[Path]:

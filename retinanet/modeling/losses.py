@@ -12,6 +12,7 @@ every rank.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,12 +29,19 @@ IGNORE_LABEL = -1
 
 
 def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none"
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float | Tensor = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+    neg_alpha: float | None = None,
 ) -> Tensor:
     """Focal loss of Lin et al. 2017, with exactly torchvision.ops.sigmoid_focal_loss's semantics.
 
     alpha < 0 turns alpha weighting off; reduction is "none", "mean" or "sum". Computed from
     logits in float32 whatever the input dtype, so fp16/bf16 autocast cannot underflow log(p).
+    A tensor `alpha` (broadcast against logits: per class (K,) or per entry) weighs the positive
+    term entry by entry, and the negative term weighs `neg_alpha` (default 1 - alpha): class-balanced alpha.
     """
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"Invalid value for arg 'reduction': '{reduction}'; supported: 'none', 'mean', 'sum'")
@@ -44,7 +52,11 @@ def sigmoid_focal_loss(
         ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         p_t = p * targets + (1 - p) * (1 - targets)
         loss = ce * ((1 - p_t) ** gamma)
-        if alpha >= 0:
+        if isinstance(alpha, Tensor):
+            alpha = alpha.to(loss)
+            negative = 1 - alpha if neg_alpha is None else neg_alpha
+            loss = (alpha * targets + negative * (1 - targets)) * loss
+        elif alpha >= 0:
             alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
             loss = alpha_t * loss
     if reduction == "mean":
@@ -54,30 +66,51 @@ def sigmoid_focal_loss(
     return loss
 
 
+def class_balanced_alpha(class_counts: Sequence[int], beta: float, mean_alpha: float) -> list[float]:
+    """Per-class alpha from the effective number of samples (Cui et al. 2019).
+
+    Class c with n_c training boxes weighs w_c = (1 - beta) / (1 - beta ** n_c) = 1 / E(n_c); the
+    weights of the classes that have boxes are scaled so that their mean is `mean_alpha` (Cui et al.
+    scale them to mean 1; the scale here keeps the positives' mean weight where a constant alpha
+    puts it, so the negatives' 1 - mean_alpha is unchanged). A class without boxes has no positive
+    to weigh and gets `mean_alpha`.
+    """
+    present = [n for n in class_counts if n > 0]
+    if not present:
+        return [mean_alpha] * len(class_counts)
+    weight = {n: (1.0 - beta) / (1.0 - beta**n) for n in set(present)}
+    mean = math.fsum(weight[n] for n in present) / len(present)
+    return [mean_alpha * weight[n] / mean if n > 0 else mean_alpha for n in class_counts]
+
+
 class _FocalLossSum(torch.autograd.Function):
     """Forward and backward of `focal_loss_sum`, in a few full-size passes instead of autograd's ~35.
 
     Every valid (anchor, class) entry is a negative (target 0) except the P positives: the dense
     part is (1 - alpha) * p**gamma * softplus(x) with the closed-form gradient
     (1 - alpha) * p**gamma * (gamma * (1 - p) * softplus(x) + p); the positives go through
-    `sigmoid_focal_loss` (and autograd) on their P gathered logits.
+    `sigmoid_focal_loss` (and autograd) on their P gathered logits, weighted by `pos_alpha` (P,)
+    instead of alpha when it is given.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, valid: Tensor, pos_index: Tensor, pos_target: Tensor, alpha: float, gamma: float) -> Tensor:
-        ctx.save_for_backward(logits, valid, pos_index, pos_target)
+    def forward(
+        ctx, logits: Tensor, valid: Tensor, pos_index: Tensor, pos_target: Tensor, pos_alpha: Tensor | None,
+        alpha: float, gamma: float,
+    ) -> Tensor:
+        ctx.save_for_backward(logits, valid, pos_index, pos_target, pos_alpha)
         ctx.alpha, ctx.gamma = alpha, gamma
         loss = F.softplus(logits)  # the cross-entropy of target 0 (exact to fp32 precision past its threshold 20)
         if gamma != 0:
             loss.mul_(torch.sigmoid(logits).pow_(gamma))
         loss.view(-1).index_fill_(0, pos_index, 0.0)
         dense = (loss.sum(dim=-1) * valid).sum() * (1.0 - alpha if alpha >= 0 else 1.0)
-        positives = sigmoid_focal_loss(logits.reshape(-1)[pos_index], pos_target, alpha, gamma, reduction="sum")
+        positives = _positive_sum(logits.reshape(-1)[pos_index], pos_target, pos_alpha, alpha, gamma)
         return dense + positives
 
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        logits, valid, pos_index, pos_target = ctx.saved_tensors
+        logits, valid, pos_index, pos_target, pos_alpha = ctx.saved_tensors
         alpha, gamma = ctx.alpha, ctx.gamma
         p = torch.sigmoid(logits)
         if gamma != 0:
@@ -88,24 +121,39 @@ class _FocalLossSum(torch.autograd.Function):
         grad.mul_(valid.unsqueeze(-1) * (grad_output * (1.0 - alpha if alpha >= 0 else 1.0)))
         with torch.enable_grad():
             x = logits.reshape(-1)[pos_index].detach().requires_grad_()
-            (pos_grad,) = torch.autograd.grad(sigmoid_focal_loss(x, pos_target, alpha, gamma, reduction="sum"), x)
+            (pos_grad,) = torch.autograd.grad(_positive_sum(x, pos_target, pos_alpha, alpha, gamma), x)
         grad.view(-1).index_copy_(0, pos_index, pos_grad * grad_output)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
+
+
+def _positive_sum(x: Tensor, target: Tensor, pos_alpha: Tensor | None, alpha: float, gamma: float) -> Tensor:
+    """Summed focal loss of the positive entries: weight alpha, or pos_alpha with negatives' 1 - alpha."""
+    if pos_alpha is None:
+        return sigmoid_focal_loss(x, target, alpha, gamma, reduction="sum")
+    return sigmoid_focal_loss(x, target, pos_alpha, gamma, reduction="sum", neg_alpha=1.0 - alpha)
 
 
 def focal_loss_sum(
-    logits: Tensor, valid: Tensor, pos_index: Tensor, pos_target: Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: Tensor,
+    valid: Tensor,
+    pos_index: Tensor,
+    pos_target: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    pos_alpha: Tensor | None = None,
 ) -> Tensor:
     """sigmoid_focal_loss(logits[valid], one-hot targets, reduction="sum") without building the targets.
 
     logits (N, R, K); valid (N, R) anchors that count; pos_index (P,) distinct flat indices into
     logits of the positive (anchor, class) entries, whose targets are pos_target (P,) (1, or
     1 - eps with label smoothing); every other valid entry has target 0. float32, like
-    `sigmoid_focal_loss`.
+    `sigmoid_focal_loss`. `pos_alpha` (P,) weighs each positive entry instead of alpha (per-class
+    alpha); the negatives keep 1 - alpha.
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         return _FocalLossSum.apply(
-            logits.float().contiguous(), valid.float(), pos_index, pos_target.float(), float(alpha), float(gamma)
+            logits.float().contiguous(), valid.float(), pos_index, pos_target.float(),
+            None if pos_alpha is None else pos_alpha.float(), float(alpha), float(gamma),
         )
 
 
@@ -114,7 +162,8 @@ class DetectionLoss:
 
     Matching runs per image (IoU matrices differ in size); label assignment and both losses
     are tensors over the whole batch. Per-anchor labels: 0..K-1 foreground, K background,
-    -1 ignored (detectron2's convention).
+    -1 ignored (detectron2's convention). `alpha` is one number or one per class (the positive
+    term of class c weighs alpha[c], every negative term 1 - mean(alpha)).
     """
 
     def __init__(
@@ -123,7 +172,7 @@ class DetectionLoss:
         matcher: Matcher,
         box_coder: BoxCoder,
         gamma: float = 2.0,
-        alpha: float = 0.25,
+        alpha: float | Sequence[float] = 0.25,
         box_loss: str = "smooth_l1",
         smooth_l1_beta: float = 0.1,
         box_weight: float = 1.0,
@@ -148,7 +197,14 @@ class DetectionLoss:
         self.matcher = matcher
         self.box_coder = box_coder
         self.gamma = gamma
-        self.alpha = alpha
+        # Per-class alpha: positives of class c weigh class_alpha[c], every negative 1 - their mean.
+        if isinstance(alpha, (int, float)):
+            self.alpha, self.class_alpha = float(alpha), None
+        else:
+            if len(alpha) != num_classes:
+                raise ValueError(f"{len(alpha)} per-class alphas for {num_classes} classes")
+            self.class_alpha = torch.tensor(list(alpha), dtype=torch.float32)  # (K,)
+            self.alpha = math.fsum(alpha) / num_classes
         self.box_loss = box_loss
         self.smooth_l1_beta = smooth_l1_beta
         self.box_weight = box_weight
@@ -216,13 +272,22 @@ class DetectionLoss:
             flat_anchor = torch.nonzero(pos.reshape(-1)).squeeze(1)  # (P,) index into N * R
             pos_index = flat_anchor * self.num_classes + labels.reshape(-1)[flat_anchor]  # (P,) into N * R * K
             pos_target = torch.full(pos_index.shape, 1.0 - self.label_smoothing, device=pos_index.device)
-            return focal_loss_sum(outputs.cls_logits, valid, pos_index, pos_target, self.alpha, gamma)
+            pos_alpha = None
+            if self.class_alpha is not None:
+                pos_alpha = self.class_alpha.to(pos_index.device)[pos_index % self.num_classes]  # (P,)
+            return focal_loss_sum(outputs.cls_logits, valid, pos_index, pos_target, self.alpha, gamma, pos_alpha)
         logits = outputs.cls_logits[valid].float()  # (V, K)
         targets = F.one_hot(labels[valid], self.num_classes + 1)[:, : self.num_classes].to(logits.dtype)  # (V, K)
         if self.label_smoothing > 0:
             targets = targets * (1.0 - self.label_smoothing)  # positives only: 1 -> 1 - eps
         per_anchor = logits.new_zeros(labels.shape)  # (N, R)
-        per_anchor[valid] = sigmoid_focal_loss(logits, targets, self.alpha, 0.0).sum(dim=1)
+        if self.class_alpha is None:
+            per_entry = sigmoid_focal_loss(logits, targets, self.alpha, 0.0)
+        else:
+            per_entry = sigmoid_focal_loss(
+                logits, targets, self.class_alpha.to(logits.device), 0.0, neg_alpha=1.0 - self.alpha
+            )
+        per_anchor[valid] = per_entry.sum(dim=1)
         selected = self.ohem_select(per_anchor.detach(), valid, pos, outputs)
         return per_anchor[selected].sum()
 

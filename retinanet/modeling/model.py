@@ -15,17 +15,17 @@ are separate callables built from the same config by `build_criterion` and `buil
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
 from retinanet.modeling.anchors import AnchorGenerator, sizes_per_level
 from retinanet.modeling.backbone import ResNetBackbone
 from retinanet.modeling.box_coder import BoxCoder
-from retinanet.config import Config
+from retinanet.config import Config, ConfigError
 from retinanet.modeling.fpn import FPN
 from retinanet.modeling.head import RetinaNetHead
-from retinanet.modeling.losses import DetectionLoss
+from retinanet.modeling.losses import DetectionLoss, class_balanced_alpha
 from retinanet.modeling.matcher import Matcher
 from retinanet.modeling.postprocess import PostProcess
 from retinanet.structures import HeadOutputs
@@ -92,9 +92,16 @@ def build_box_coder(cfg: Config) -> BoxCoder:
 
 
 def build_criterion(
-    cfg: Config, num_classes: int, sum_across_ranks: Callable[[Tensor], Tensor] | None = None
+    cfg: Config,
+    num_classes: int,
+    sum_across_ranks: Callable[[Tensor], Tensor] | None = None,
+    class_counts: Sequence[int] | None = None,
 ) -> DetectionLoss:
-    """The loss of the config; `sum_across_ranks` (DDP) makes it normalize by the global positive count."""
+    """The loss of the config; `sum_across_ranks` (DDP) makes it normalize by the global positive count.
+
+    class_counts: training boxes per contiguous label (`CocoDetection.class_box_counts()`), which
+    `loss.alpha: effective_number` needs.
+    """
     mc, lc = cfg.model.matcher, cfg.loss
     if lc.type == "focal" and lc.gamma > 5:
         log.warning("loss.gamma=%g: the paper reports focal loss degrading above gamma 5", lc.gamma)
@@ -103,7 +110,7 @@ def build_criterion(
         Matcher(mc.fg_iou, mc.bg_iou, mc.allow_low_quality),
         build_box_coder(cfg),
         gamma=lc.gamma,
-        alpha=lc.alpha,
+        alpha=resolve_alpha(cfg, num_classes, class_counts),
         box_loss=lc.box_loss,
         smooth_l1_beta=lc.smooth_l1_beta,
         box_weight=lc.box_weight,
@@ -115,6 +122,30 @@ def build_criterion(
         ohem_nms=lc.ohem_nms,
         sum_across_ranks=sum_across_ranks,
     )
+
+
+def resolve_alpha(cfg: Config, num_classes: int, class_counts: Sequence[int] | None = None) -> float | list[float]:
+    """`loss.alpha` as DetectionLoss takes it: one number, or one alpha per class."""
+    alpha = cfg.loss.alpha
+    if isinstance(alpha, float):
+        return alpha
+    if isinstance(alpha, tuple):
+        if len(alpha) != num_classes:
+            raise ConfigError(f"loss.alpha: {len(alpha)} values for {num_classes} classes; give one per class, in label order")
+        return list(alpha)
+    if class_counts is None:
+        raise ConfigError(
+            "loss.alpha: effective_number needs the training boxes per class, which this command does not have; "
+            "set loss.alpha to a number or a per-class list"
+        )
+    if len(class_counts) != num_classes:
+        raise ValueError(f"{len(class_counts)} class counts for {num_classes} classes")
+    values = class_balanced_alpha(class_counts, cfg.loss.cb_beta, cfg.loss.cb_alpha)
+    log.info(
+        "loss.alpha=effective_number (cb_beta %g, mean %g): per-class alpha %s for %s training boxes",
+        cfg.loss.cb_beta, cfg.loss.cb_alpha, [round(v, 4) for v in values], list(class_counts),
+    )
+    return values
 
 
 def build_postprocess(cfg: Config) -> PostProcess:

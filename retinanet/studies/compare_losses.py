@@ -30,7 +30,9 @@ import yaml
 from retinanet.data.loaders import DatasetError, build_dataset
 from retinanet.config import Config, ConfigError, LossConfig, load_config, replace, to_dict
 from retinanet.evaluation.evaluator import CocoEvaluator
+from retinanet.evaluation.operating_point import OperatingPointReport, load_report
 from retinanet.engine.logger import RunLogger, setup_file_logging
+from retinanet.fileio import RunFileError
 
 log = logging.getLogger("retinanet.compare_losses")
 
@@ -61,7 +63,7 @@ class Setting:
     loss: str
     overrides: tuple[str, ...]  # KEY=VALUE after --set: grid point, the entry's overrides, loss.type
     gamma: float | None  # None for bce / ohem, which have no gamma
-    alpha: float
+    alpha: str  # loss.alpha formatted: a number, per-class values joined by '_', or effective_number
     extras: tuple[tuple[str, str], ...]  # other keys this setting sets -> formatted value
     cfg: Config = field(compare=False, repr=False)
 
@@ -90,6 +92,7 @@ class Result:
     train_seconds: float | None = None
     skipped_steps: int | None = None
     error: str = ""
+    operating_point: OperatingPointReport | None = None  # the run's operating_point.json (max F1 on val)
 
     @property
     def ok(self) -> bool:
@@ -172,8 +175,8 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _run_name(loss: str, gamma: float | None, alpha: float, extras: Sequence[tuple[str, str]], full_keys: bool) -> str:
-    parts = [loss, *([f"g{gamma:g}"] if gamma is not None else []), f"a{alpha:g}"]
+def _run_name(loss: str, gamma: float | None, alpha: str, extras: Sequence[tuple[str, str]], full_keys: bool) -> str:
+    parts = [loss, *([f"g{gamma:g}"] if gamma is not None else []), f"a{alpha}"]
     parts += [f"{key.replace('.', '_') if full_keys else key.rsplit('.', 1)[-1]}{value}" for key, value in extras]
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", "-".join(parts)).strip("_")
 
@@ -201,8 +204,9 @@ def expand_settings(
         for entry, overrides, chosen, cfg in resolved:
             gamma = cfg.loss.gamma if entry.type == "focal" else None
             extras = tuple((k, _format_value(_lookup(cfg, k))) for k in chosen if k not in NAMED_KEYS)
-            name = _run_name(entry.type, gamma, cfg.loss.alpha, extras, full_keys)
-            settings.append(Setting(name, entry.type, overrides, gamma, cfg.loss.alpha, extras, cfg))
+            alpha = _format_value(cfg.loss.alpha)
+            name = _run_name(entry.type, gamma, alpha, extras, full_keys)
+            settings.append(Setting(name, entry.type, overrides, gamma, alpha, extras, cfg))
         return settings
 
     settings = build(full_keys=False)
@@ -332,6 +336,17 @@ def class_ap50(metrics: dict[str, Any], category_id: int | None) -> float | None
     return None
 
 
+def recall_at_operating_point(report: OperatingPointReport | None, category_id: int | None) -> float | None:
+    """A class's recall at the run's operating point (all classes pooled with category_id None); None if undefined."""
+    if report is None:
+        return None
+    if category_id is None:
+        point = report.overall
+    else:
+        point = next((c.point for c in report.per_class.values() if c.id == category_id), None)
+    return None if point is None else point.recall
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -404,7 +419,12 @@ def execute(run: Run, config: str, base_sets: Sequence[str], env: dict[str, str]
     info = checkpoint_info(last) if last.is_file() else None
     _, skipped = read_history(run.dir / "metrics.jsonl")
     log.info("%s: %s  AP %s  AP50 %s", tag, status, _pct(metrics.get("AP")), _pct(metrics.get("AP50")))
-    return Result(run, status, metrics, info["train_seconds"] if info else None, skipped)
+    try:
+        report = load_report(run.dir)
+    except RunFileError as exc:
+        log.warning("%s: %s", tag, exc)
+        report = None
+    return Result(run, status, metrics, info["train_seconds"] if info else None, skipped, operating_point=report)
 
 
 def _failed(run: Run, tag: str, stage: str, code: int, console: Path) -> Result:
@@ -455,7 +475,7 @@ def _extra_keys(settings: Sequence[Setting]) -> list[str]:
 def _setting_cells(setting: Setting, extra_keys: Sequence[str]) -> list[str]:
     extras = dict(setting.extras)
     gamma = "-" if setting.gamma is None else f"{setting.gamma:g}"
-    return [setting.loss, gamma, f"{setting.alpha:g}", *(extras.get(k, "-") for k in extra_keys)]
+    return [setting.loss, gamma, setting.alpha, *(extras.get(k, "-") for k in extra_keys)]
 
 
 def setting_summary(results: Sequence[Result], rare_id: int | None) -> list[dict[str, Any]]:
@@ -466,6 +486,10 @@ def setting_summary(results: Sequence[Result], rare_id: int | None) -> list[dict
         done = [r.metrics for r in mine if r.ok]
         stats = {k: _mean_sd([m.get(k) for m in done]) for k in SETTING_METRICS}
         stats["rare_AP50"] = _mean_sd([class_ap50(m, rare_id) for m in done])
+        stats["recall_op"] = _mean_sd([recall_at_operating_point(r.operating_point, None) for r in mine if r.ok])
+        stats["rare_recall_op"] = _mean_sd(
+            [recall_at_operating_point(r.operating_point, rare_id) for r in mine if r.ok and rare_id is not None]
+        )
         summary.append({"setting": setting, "done": len(done), "runs": len(mine), "stats": stats})
     return summary
 
@@ -475,13 +499,16 @@ def _best(entries: Sequence[Any], key: Callable[[Any], float | None]) -> Any:
     return entries[max(scored, key=lambda s: (s[0], -s[1]))[1]] if scored else None
 
 
-def best_runs(results: Sequence[Result]) -> dict[str, Result]:
-    """The focal run and the CE-family run with the highest AP (those that exist)."""
-    out = {}
-    for label, family in (("focal", ("focal",)), ("CE", CE_FAMILY)):
-        best = _best([r for r in results if r.ok and r.run.setting.loss in family], lambda r: r.metrics.get("AP"))
-        if best is not None:
-            out[label] = best
+def top_runs(results: Sequence[Result], count: int = 3) -> list[Result]:
+    """The `count` settings with the highest mean AP, best first, each by its highest-AP run."""
+    ranked = sorted(
+        (entry for entry in setting_summary(results, None) if entry["stats"]["AP"][0] is not None),
+        key=lambda entry: -entry["stats"]["AP"][0],
+    )
+    out = []
+    for entry in ranked[:count]:
+        runs = [r for r in results if r.ok and r.run.setting == entry["setting"]]
+        out.append(_best(runs, lambda r: r.metrics.get("AP")))
     return out
 
 
@@ -510,18 +537,22 @@ def build_report(
         f"- rarest class: {rare_name} (id {rare[0]}, {rare[2]} non-crowd train boxes)" if rare else
         "- rarest class: none (no train boxes)",
         "- COCO bbox metrics in %; runs of one seed share data order, augmentations and init",
+        "- recall @op: recall at IoU 0.5 at the run's operating point (`operating_point.json`, max F1 on val as "
+        "train.py writes it), all classes pooled and for the rarest class",
         "",
         "## Runs",
         "",
     ]
     header = ["run", "loss", "gamma", "alpha", *extra_keys, "seed", *RUN_METRICS, f"{rare_name} AP50",
-              "skipped", "train s", "status"]
+              "recall @op", f"{rare_name} recall @op", "skipped", "train s", "status"]
     rows = []
     for r in sorted(results, key=lambda r: (settings.index(r.run.setting), r.run.seed)):
         m = r.metrics or {}
         rows.append([
             r.run.name, *_setting_cells(r.run.setting, extra_keys), str(r.run.seed),
             *(_pct(m.get(k)) for k in RUN_METRICS), _pct(class_ap50(m, rare_id) if r.ok else None),
+            _pct(recall_at_operating_point(r.operating_point, None)),
+            _pct(recall_at_operating_point(r.operating_point, rare_id) if rare_id is not None else None),
             "-" if r.skipped_steps is None else str(r.skipped_steps),
             "-" if r.train_seconds is None else f"{r.train_seconds:.0f}",
             r.status if r.ok else f"failed: {r.error}",
@@ -531,12 +562,13 @@ def build_report(
     summary = setting_summary(results, rare_id)
     best = _best(summary, lambda s: s["stats"]["AP"][0])
     lines += ["", "## Settings (mean ± sd over seeds)", ""]
-    header = ["setting", "loss", "gamma", "alpha", *extra_keys, "runs", *SETTING_METRICS, f"{rare_name} AP50"]
+    header = ["setting", "loss", "gamma", "alpha", *extra_keys, "runs", *SETTING_METRICS, f"{rare_name} AP50",
+              "recall @op", f"{rare_name} recall @op"]
     rows = []
     for entry in summary:
         cells = [
             entry["setting"].name, *_setting_cells(entry["setting"], extra_keys), f"{entry['done']}/{entry['runs']}",
-            *(_format_mean_sd(*entry["stats"][k]) for k in (*SETTING_METRICS, "rare_AP50")),
+            *(_format_mean_sd(*entry["stats"][k]) for k in (*SETTING_METRICS, "rare_AP50", "recall_op", "rare_recall_op")),
         ]
         if entry is best:
             cells = [f"**★ {cells[0]}**", *(f"**{c}**" for c in cells[1:])]
@@ -575,7 +607,7 @@ def write_csv(results: Sequence[Result], path: Path, rare_id: int | None) -> Non
     settings = list(dict.fromkeys(r.run.setting for r in results))
     extra_keys = _extra_keys(settings)
     fields = ["run", "setting", "loss", "gamma", "alpha", *extra_keys, "seed", "status", *RUN_METRICS,
-              "AP50_rarest", "train_seconds", "skipped_steps", "error", "run_dir"]
+              "AP50_rarest", "recall_op", "recall_op_rarest", "train_seconds", "skipped_steps", "error", "run_dir"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -587,16 +619,24 @@ def write_csv(results: Sequence[Result], path: Path, rare_id: int | None) -> Non
                 "alpha": s.alpha, **dict(s.extras), "seed": r.run.seed, "status": r.status,
                 **{k: "" if m.get(k) is None else m[k] for k in RUN_METRICS},
                 "AP50_rarest": "" if class_ap50(m, rare_id) is None else class_ap50(m, rare_id),
+                "recall_op": _or_blank(recall_at_operating_point(r.operating_point, None)),
+                "recall_op_rarest": _or_blank(
+                    recall_at_operating_point(r.operating_point, rare_id) if rare_id is not None else None
+                ),
                 "train_seconds": "" if r.train_seconds is None else round(r.train_seconds, 1),
                 "skipped_steps": "" if r.skipped_steps is None else r.skipped_steps,
                 "error": r.error, "run_dir": str(r.run.dir),
             })
 
 
+def _or_blank(value: float | None) -> float | str:
+    return "" if value is None else value
+
+
 # ----------------------------------------------------------------------------- figures and TensorBoard
 
 
-COLORS = {"focal": "tab:blue", "CE": "tab:orange"}
+COLORS = ("tab:blue", "tab:orange", "tab:green")  # the top three settings, best first
 
 
 def _figure(panels: int) -> tuple[Any, list[Any]]:
@@ -609,12 +649,12 @@ def _figure(panels: int) -> tuple[Any, list[Any]]:
     return figure, [figure.add_subplot(1, panels, i + 1) for i in range(panels)]
 
 
-def plot_pr_curves(best: dict[str, Result], config: str, rare: tuple[int, str, int] | None, path: Path) -> bool:
+def plot_pr_curves(best: Sequence[Result], config: str, rare: tuple[int, str, int] | None, path: Path) -> bool:
     """Precision over recall at IoU 0.5, all classes pooled and the rarest class, from eval/detections.json."""
     figure, axes = _figure(2)
     val_sets: dict[tuple[str, str], Any] = {}
     drawn = False
-    for label, result in best.items():
+    for color, result in zip(COLORS, best):
         detections = _read_json(result.run.dir / "eval" / "detections.json")
         if detections is None:
             log.warning("%s: no eval/detections.json; left out of %s", result.run.name, path.name)
@@ -629,7 +669,7 @@ def plot_pr_curves(best: dict[str, Result], config: str, rare: tuple[int, str, i
         curves.append(evaluator.pr_curve(iou=0.5, category_id=rare[0]) if rare else (None, None))
         for ax, (recall, precision) in zip(axes, curves):
             if recall is not None:
-                ax.plot(recall, precision, color=COLORS[label], label=result.run.name)
+                ax.plot(recall, precision, color=color, label=result.run.name)
         drawn = True
     titles = ["all classes (mean over classes), IoU 0.5", f"rarest class: {rare[1]}, IoU 0.5" if rare else "rarest class"]
     for ax, title in zip(axes, titles):
@@ -643,16 +683,16 @@ def plot_pr_curves(best: dict[str, Result], config: str, rare: tuple[int, str, i
     return drawn
 
 
-def plot_ap_over_iters(best: dict[str, Result], path: Path) -> bool:
+def plot_ap_over_iters(best: Sequence[Result], path: Path) -> bool:
     """AP and AP50 after each evaluation during training, from each run's metrics.jsonl."""
     figure, axes = _figure(2)
     drawn = False
-    for label, result in best.items():
+    for color, result in zip(COLORS, best):
         evals, _ = read_history(result.run.dir / "metrics.jsonl")
         steps = list(evals)
         for ax, key in zip(axes, ("AP", "AP50")):
             values = [100 * v if (v := evals[s].get(key)) is not None else math.nan for s in steps]
-            ax.plot(steps, values, marker="o", color=COLORS[label], label=result.run.name)
+            ax.plot(steps, values, marker="o", color=color, label=result.run.name)
         drawn = drawn or bool(steps)
     for ax, key in zip(axes, ("AP", "AP50")):
         ax.set(xlabel="iteration", ylabel=f"{key} (%)", title=f"val {key} during training")
@@ -674,7 +714,8 @@ def write_tensorboard(results: Sequence[Result], folder: Path) -> None:
             if not r.ok:
                 continue
             s = r.run.setting
-            hparams = {"loss.type": s.loss, "loss.gamma": 0.0 if s.gamma is None else s.gamma, "loss.alpha": s.alpha,
+            alpha = s.cfg.loss.alpha if isinstance(s.cfg.loss.alpha, float) else s.alpha  # numeric where it is one
+            hparams = {"loss.type": s.loss, "loss.gamma": 0.0 if s.gamma is None else s.gamma, "loss.alpha": alpha,
                        "train.seed": r.run.seed, **dict(s.extras)}
             metrics = {f"hparam/{k}": r.metrics[k] for k in SETTING_METRICS if r.metrics.get(k) is not None}
             logger.log_hparams(hparams, metrics, run_name=r.run.name)
@@ -704,7 +745,7 @@ def run_study(args: argparse.Namespace, command: str, launcher: Launcher = launc
     report = build_report(results, base_cfg, command, rare)
     (output_dir / "report.md").write_text(report)
     write_csv(results, output_dir / "results.csv", rare[0] if rare else None)
-    best = best_runs(results)
+    best = top_runs(results)
     written = [output_dir / "report.md", output_dir / "results.csv"]
     if plot_pr_curves(best, args.config, rare, output_dir / "pr_curves.png"):
         written.append(output_dir / "pr_curves.png")
