@@ -268,6 +268,13 @@ class TrainConfig:
     max_nonfinite_steps: int = 10
     # Under torchrun: BatchNorm -> SyncBatchNorm (statistics over the global batch); CUDA only.
     sync_bn: bool = False
+    # Exponential moving average of the weights: 0 = off, e.g. 0.9998. The decay warms up as
+    # decay * (1 - exp(-updates / ema_warmup)) (ultralytics, timm); evaluation, best.pt and the card use it.
+    ema_decay: float = 0.0
+    ema_warmup: int = 2000
+    # Early stopping: stop after `patience` evaluations without a val AP gain above min_delta (0 = off).
+    patience: int = 0
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.max_iters > 0, "max_iters", "must be > 0")
@@ -282,6 +289,10 @@ class TrainConfig:
         _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "eval_every", "must be >= 0 (0 = only at the end)")
         _check(self.log_every > 0, "log_every", "must be > 0")
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
+        _check(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0 = off), e.g. 0.9998")
+        _check(self.ema_warmup > 0, "ema_warmup", "must be > 0 iterations")
+        _check(self.patience >= 0, "patience", "must be >= 0 evaluations (0 = off)")
+        _check(self.min_delta >= 0, "min_delta", "must be >= 0 (AP as a fraction, e.g. 0.001)")
 
 
 @dataclass(frozen=True)

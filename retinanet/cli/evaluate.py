@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         cfg = replace(cfg, **{"model.num_classes": len(ckpt_ids) or val_set.category_map.num_classes})
         model = place_model(build_model(cfg), device, cfg.train.channels_last)
-        load_model_weights(model, ckpt.model, ckpt_path)
+        load_model_weights(model, ckpt.inference_weights, ckpt_path)
         metrics, results, _ = evaluate(
             model, build_postprocess(cfg), build_val_loader(cfg, val_set), evaluator,
             val_set.category_map.category_ids, device, cfg.train.amp,

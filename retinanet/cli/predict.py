@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     categories = ckpt.categories
     device = resolve_device(args.device)
     detector = Detector.from_config(cfg, num_classes=len(categories))
-    load_model_weights(detector.model, ckpt.model, ckpt_path)
+    load_model_weights(detector.model, ckpt.inference_weights, ckpt_path)
     detector.model = place_model(detector.model, device, cfg.train.channels_last)  # as evaluate.py places it
     detector.eval()
 

@@ -50,11 +50,19 @@ class Checkpoint:
     scaler: dict[str, Any] | None = None
     criterion: dict[str, Any] | None = None  # DetectionLoss state (the EMA normalizer)
     rng: dict[str, Any] | None = None  # rng_state()
+    ema: dict[str, torch.Tensor] | None = None  # the EMA weights (train.ema_decay > 0)
+    ema_updates: int = 0
+    evals_without_gain: int = 0  # early stopping's count (train.patience)
     version: int = SCHEMA_VERSION
 
     def build_config(self, source: str = "checkpoint") -> Config:
         """The run's config as a frozen Config (with `model.num_classes` set)."""
         return from_dict(self.config, source)
+
+    @property
+    def inference_weights(self) -> dict[str, torch.Tensor]:
+        """What evaluation and deployment run: the EMA weights when the run kept them, else the model's."""
+        return self.ema if self.ema is not None else self.model
 
     @property
     def category_ids(self) -> list[int]:

@@ -35,6 +35,7 @@ from retinanet.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from retinanet.engine.ema import ModelEMA
 from retinanet.engine.inference import evaluate
 from retinanet.engine.logger import RunLogger, setup_file_logging
 from retinanet.engine.optim import build_optimizer, build_scheduler
@@ -149,6 +150,7 @@ class Progress:
     best_ap: float = -1.0
     train_seconds: float = 0.0
     skipped_steps: int = 0
+    evals_without_gain: int = 0
     nonfinite_in_a_row: int = 0
 
 
@@ -163,6 +165,7 @@ class Trainer:
     model: nn.Module  # the plain module: checkpoints and evaluation
     ddp_model: nn.Module  # what the step runs: `model`, or `model` wrapped in DDP
     criterion: DetectionLoss
+    ema: ModelEMA | None  # train.ema_decay > 0: evaluated, kept in best.pt and described by the card
     postprocess: PostProcess
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -227,6 +230,7 @@ class Trainer:
             ),
             criterion=build_criterion(cfg, cfg.model.num_classes, distributed.all_reduce_sum if world > 1 else None,
                                       class_counts=train_set.class_box_counts()),
+            ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None,
             postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
             scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
             train_set=train_set, val_set=val_set,
@@ -253,6 +257,8 @@ class Trainer:
             best_ap=p.best_ap, train_seconds=p.train_seconds, skipped_steps=p.skipped_steps,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), criterion=self.criterion.state_dict(), rng=rng_state(),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            ema_updates=self.ema.updates if self.ema is not None else 0, evals_without_gain=p.evals_without_gain,
         )
 
     def restore(self, ckpt: Checkpoint) -> None:
@@ -265,20 +271,31 @@ class Trainer:
         self.scaler.load_state_dict(ckpt.scaler)
         self.criterion.load_state_dict(ckpt.criterion)
         set_rng_state(ckpt.rng)  # RNG states stay CPU tensors: checkpoints are read to the CPU
-        self.progress = Progress(ckpt.iteration, ckpt.best_ap, ckpt.train_seconds, ckpt.skipped_steps)
+        if self.ema is not None:
+            if ckpt.ema is None:
+                raise CheckpointError(f"{path}: holds no EMA weights; resume with the run's train.ema_decay (0)")
+            self.ema.load_state_dict(ckpt.ema, ckpt.ema_updates)
+        self.progress = Progress(ckpt.iteration, ckpt.best_ap, ckpt.train_seconds, ckpt.skipped_steps,
+                                 ckpt.evals_without_gain)
         log.info("resumed from %s at iteration %d", path, ckpt.iteration)
 
     def save(self, name: str) -> None:
         if self.main_process:
             self.checkpoint().save(checkpoint_path(self.out_dir, name))
 
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
     def record(self, stats: StepStats, seconds: float) -> None:
-        """Count the step; too many non-finite losses in a row end the run."""
+        """Count the step and move the EMA; too many non-finite losses in a row end the run."""
         p = self.progress
         p.iteration += 1
         p.train_seconds += seconds
         if stats.finite:
             p.nonfinite_in_a_row = 0
+            if self.ema is not None:
+                self.ema.update(self.model)
             return
         p.nonfinite_in_a_row += 1
         p.skipped_steps += 1
@@ -312,7 +329,7 @@ class Trainer:
         step, cfg = self.progress.iteration, self.cfg
         assert self.val_set is not None and self.val_loader is not None and self.evaluator is not None
         metrics, _, kept = evaluate(
-            self.model, self.postprocess, self.val_loader, self.evaluator, self.val_set.category_map.category_ids, self.device,
+            self.eval_model, self.postprocess, self.val_loader, self.evaluator, self.val_set.category_map.category_ids, self.device,
             cfg.train.amp, keep_images=cfg.eval.num_vis_images,
         )
         self.metrics = metrics
@@ -325,10 +342,22 @@ class Trainer:
             self.logger.log_scalars(step, scalars, prefix="eval_classes", kind="eval_classes")
             self.logger.log_images(step, "eval/predictions", self.draw(kept))
         log.info("iter %d: AP %.4f AP50 %.4f AP75 %.4f", step, metrics["AP"], metrics["AP50"], metrics["AP75"])
-        if metrics["AP"] > self.progress.best_ap:
-            self.progress.best_ap = metrics["AP"]
+        p = self.progress
+        p.evals_without_gain = 0 if metrics["AP"] > p.best_ap + self.cfg.train.min_delta else p.evals_without_gain + 1
+        if metrics["AP"] > p.best_ap:
+            p.best_ap = metrics["AP"]
             self.save(BEST)
         self.model.train()
+
+    def patience_exhausted(self) -> bool:
+        """Early stopping: train.patience evaluations in a row without a gain above train.min_delta."""
+        patience = self.cfg.train.patience
+        if patience == 0 or self.progress.evals_without_gain < patience:
+            return False
+        log.info("stopping early at iteration %d: val AP has not improved by more than %g for %d evaluations "
+                 "(train.patience); best AP %.4f", self.progress.iteration, self.cfg.train.min_delta, patience,
+                 self.progress.best_ap)
+        return True
 
     def draw(self, kept: list[tuple[torch.Tensor, Any, Any]]) -> list[Any]:
         names = self.train_set.category_map.names
@@ -354,11 +383,11 @@ class Trainer:
             return 0
         data = {"train": self.train_set.summary(), "val": self.val_set.summary() if self.val_set is not None else None}
         card = finish_training_run(
-            self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, cfg.train.max_iters,
+            self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, self.progress.iteration,
             self.progress.train_seconds, self.device, world_size=distributed.get_world_size(),
         )
         log.info("model card: %s", card)
-        log.info("done: %d iterations in %.0fs of training; run folder %s", cfg.train.max_iters,
+        log.info("done: %d iterations in %.0fs of training; run folder %s", self.progress.iteration,
                  self.progress.train_seconds, self.out_dir)
         print(f"run folder: {self.out_dir}  (tensorboard --logdir {self.out_dir})")
         return 0
@@ -425,11 +454,14 @@ def fit(t: Trainer) -> int:
             window, window_start = [], time.perf_counter()
         if t.val_set is not None and (final or every(done, cfg.eval_every)):
             t.evaluate()
+        early = t.patience_exhausted()  # the same on every rank: the metrics are broadcast
         stop_signal = distributed.all_reduce_max(t.stop.signal or 0, t.device)  # a signal to any rank stops all
-        if final or stop_signal or (every(done, cfg.checkpoint_every) and stats.finite):  # last.pt stays a good one
-            t.save(LAST)
+        if final or early or stop_signal or (every(done, cfg.checkpoint_every) and stats.finite):
+            t.save(LAST)  # after a skipped step, last.pt stays the last good one
         if stop_signal:
             return t.stopped(stop_signal)
+        if early:
+            break
     bar.close()
     return t.finish()
 

@@ -260,7 +260,10 @@ def _config_section(cfg: Config, world_size: int) -> list[str]:
         ("batch", batch),
         ("sampling", f"repeat factors, threshold {cfg.data.repeat_factor_threshold:g}"
                      if cfg.data.repeat_factor_threshold > 0 else "uniform"),
-        ("iterations", f"{t.max_iters}"),
+        ("iterations", f"{t.max_iters}" + (f", early stopping after {t.patience} evaluations without an AP gain "
+                                             f"above {t.min_delta:g}" if t.patience else "")),
+        ("evaluated weights", f"EMA of the weights, decay {t.ema_decay:g} (warm-up {t.ema_warmup} iterations)"
+                              if t.ema_decay > 0 else "the trained weights (no EMA)"),
         ("schedule", schedule),
         ("mixed precision", t.amp),
         ("postprocess", f"score > {m.postprocess.score_thresh:g}, top {m.postprocess.topk_candidates} per level, "
