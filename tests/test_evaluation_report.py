@@ -309,3 +309,32 @@ def test_training_summary(tmp_path: Path) -> None:
     path = plot_training_summary(rows, tmp_path / "results.png")
     assert path == tmp_path / "results.png" and path.stat().st_size > 1000
     assert not math.isnan(path.stat().st_mtime)
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_report(trained_run: Path, synthetic: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from retinanet.cli import evaluate
+    from tests.conftest import REPO, synthetic_overrides
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained_run / "operating_point.json", run / "operating_point.json")
+    shutil.copy(trained_run / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
+    out = tmp_path / "eval"
+    args = ["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--checkpoint", str(run / "checkpoints" / "best.pt"),
+            "--output-dir", str(out), "--worst", "2", "--set", *synthetic_overrides(synthetic)]
+    assert evaluate.main(args) == 0
+    for name in ("metrics.json", "report.html", "confusion_matrix.json", "confusion_matrix.png", "errors.json",
+                 "errors.png", "curves.json", "pr_curves.png", "f1_curves.png", "worst_images.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "worst_images").glob("*.png"))) == 2
+    gt = json.loads((synthetic / "annotations" / "instances_val.json").read_text())
+    categories = sorted(gt["categories"], key=lambda c: c["id"])
+    matrix = json.loads((out / "confusion_matrix.json").read_text())
+    assert matrix["classes"] == [c["name"] for c in categories] + ["background"]
+    per_class = [sum(1 for a in gt["annotations"] if a["category_id"] == c["id"] and not a["iscrowd"]) for c in categories]
+    assert [sum(row) for row in matrix["counts"][:-1]] == per_class
+    assert set(json.loads((out / "errors.json").read_text())) == set(error_types.ERROR_TYPES)
+    assert "operating_point.json (max F1, per class)" in (out / "report.html").read_text()

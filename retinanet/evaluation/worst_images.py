@@ -26,7 +26,7 @@ from retinanet.evaluation.error_types import (
 )
 from retinanet.evaluation.per_image import ImageBoxes
 from retinanet.evaluation.plotting import write_bytes_atomic
-from retinanet.evaluation.visualize import draw_detections
+from retinanet.evaluation.visualize import draw_detections, enlarge
 
 FILE_NAME = "worst_images.json"
 FOLDER = "worst_images"
@@ -84,11 +84,7 @@ def draw_outcomes(
     image_uint8_hwc: np.ndarray, image: ImageBoxes, errors: ImageErrors, names: Mapping[int, str]
 ) -> np.ndarray:
     """Ground truth in white (missed in orange, crowd in grey) and each kept detection in its outcome's colour."""
-    factor = max(1, math.ceil(MIN_DRAWN_SIDE / max(image_uint8_hwc.shape[:2])))
-    pixels = image_uint8_hwc
-    if factor > 1:
-        pixels = np.asarray(Image.fromarray(pixels).resize(
-            (pixels.shape[1] * factor, pixels.shape[0] * factor), Image.Resampling.NEAREST))
+    pixels, factor = enlarge(image_uint8_hwc, MIN_DRAWN_SIDE)
     missed = set(errors.missed)
     gt_names = [names.get(int(c), str(c)) for c in image.gt_category_ids]
     groups = [
