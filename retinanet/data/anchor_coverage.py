@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -118,7 +118,6 @@ class Coverage:
     per_class: dict[int, dict[str, Any]]
     settings: dict[str, Any]
     suggestion: Suggestion | None = None
-    min_sizes: list[int] = field(default_factory=list)
 
     def to_dict(self, names: Mapping[int, str]) -> dict[str, Any]:
         """The --json layout: fractions of all non-crowd boxes (each counted once per training scale)."""
@@ -175,11 +174,10 @@ def anchor_coverage(dataset: Mapping[str, Any], cfg: Config) -> Coverage:
         per_size={b: _fractions(kinds[buckets == b]) for b in ("small", "medium", "large")},
         per_class={int(c): _fractions(kinds[boxes.category_ids == c]) for c in sorted(set(boxes.category_ids.tolist()))},
         settings=settings,
-        min_sizes=list(cfg.input.min_size),
     )
     if overall["boxes"] and overall["fg"] < TARGET:
         coverage = Coverage(coverage.overall, coverage.per_size, coverage.per_class, settings,
-                            suggest_anchors(boxes, cfg), coverage.min_sizes)
+                            suggest_anchors(boxes, cfg))
     return coverage
 
 
