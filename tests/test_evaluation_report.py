@@ -203,7 +203,7 @@ def test_threshold_curves_and_max_f1() -> None:
     assert c["f1"][at[0.7]] == pytest.approx(4 / 7) and c["precision"][at[0.7]] == pytest.approx(2 / 3)
     assert c["f1"][at[0.65]] == pytest.approx(4 / 7) and c["recall"][at[0.65]] == 0.5
     assert c["f1"][at[0.5]] == pytest.approx(4 / 8)
-    assert c["f1"][at[0.95]] == 0.0 and c["precision"][at[0.95]] == 1.0  # nothing kept
+    assert c["f1"][at[0.95]] == 0.0 and np.isnan(c["precision"][at[0.95]])  # nothing kept: precision undefined
     assert max(c["f1"]) == pytest.approx(4 / 7)
     data = curves.curves_data({7: MATCHES}, {7: "ring"})
     best = data["pooled"]["max_f1"]

@@ -7,7 +7,7 @@ and TP flag, and the non-crowd ground-truth count per class), so these curves ag
 - PR curve: COCO's interpolated precision (the best precision at recall >= r) at r = 0, 0.01, ..., 1;
   its mean is AP50.
 - Threshold curves: keeping the detections with score >= t, for t = 0, 0.01, ..., 1: precision
-  (1 where nothing is kept), recall and F1 = 2PR / (P + R).
+  (undefined where nothing is kept: nan, null in JSON), recall and F1 = 2PR / (P + R).
 - Max F1: the exact best threshold over the detections' own scores (`operating_point.find_threshold`
   without a target), which the grid only approximates.
 """
@@ -59,7 +59,7 @@ def threshold_curves(m: ClassMatches) -> dict[str, np.ndarray]:
     tp_scores = np.sort(m.scores[m.is_tp])
     kept = ascending.size - np.searchsorted(ascending, GRID, side="left")  # (T,) detections with score >= t
     tp = tp_scores.size - np.searchsorted(tp_scores, GRID, side="left")
-    precision = np.divide(tp, kept, out=np.ones(GRID.size), where=kept > 0)
+    precision = np.divide(tp, kept, out=np.full(GRID.size, np.nan), where=kept > 0)
     recall = tp / m.num_gt if m.num_gt else np.zeros(GRID.size)
     f1 = np.divide(2 * tp, kept + m.num_gt, out=np.zeros(GRID.size), where=(kept + m.num_gt) > 0)
     return {"threshold": GRID.copy(), "precision": precision, "recall": recall, "f1": f1}
@@ -71,7 +71,7 @@ def _entry(m: ClassMatches) -> dict[str, Any]:
         "num_gt": m.num_gt,
         "ap50": float(pr_curve(m).mean()) if m.num_gt else None,
         "pr": {"recall": GRID.tolist(), "precision": pr_curve(m).tolist()},
-        "by_threshold": {k: v.tolist() for k, v in threshold_curves(m).items()},
+        "by_threshold": {k: [None if np.isnan(x) else float(x) for x in v] for k, v in threshold_curves(m).items()},
         "max_f1": None if best is None else {
             "threshold": best.threshold, "precision": best.precision, "recall": best.recall, "f1": best.f1,
         },
@@ -106,9 +106,9 @@ def load_curves(path: Path) -> dict[str, Any]:
     return data
 
 
-def _label(name: str, entry: Mapping[str, Any]) -> str:
+def _label(name: str, entry: Mapping[str, Any], measure: str = "AP50") -> str:
     ap = entry.get("ap50")
-    return f"{name} (AP50 {100 * ap:.1f}, {entry['num_gt']} gt)" if ap is not None else f"{name} (no gt)"
+    return f"{name} ({measure} {100 * ap:.1f}, {entry['num_gt']} gt)" if ap is not None else f"{name} (no gt)"
 
 
 def _pr_figure(data: Mapping[str, Any]):
@@ -119,7 +119,7 @@ def _pr_figure(data: Mapping[str, Any]):
             axes.plot(entry["pr"]["recall"], entry["pr"]["precision"], linewidth=1.2, label=_label(name, entry))
     pooled_entry = data["pooled"]
     axes.plot(pooled_entry["pr"]["recall"], pooled_entry["pr"]["precision"], color="black", linewidth=2.5,
-              label=_label(POOLED, pooled_entry))
+              label=_label(POOLED + " pooled", pooled_entry, "area"))
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
     axes.set_title("precision-recall at IoU 0.5", fontsize=10)
     axes.grid(True, alpha=0.3)
@@ -135,16 +135,17 @@ def _threshold_figure(data: Mapping[str, Any], per_class: bool, dpi: int = 100):
     entry = data["pooled"]
     curves = entry["by_threshold"]
     for key, color in (("precision", "tab:blue"), ("recall", "tab:orange"), ("f1", "black")):
-        axes.plot(curves["threshold"], curves[key], color=color, label=key, linewidth=2 if key == "f1" else 1.2)
+        values = [np.nan if v is None else v for v in curves[key]]
+        axes.plot(curves["threshold"], values, color=color, label=key, linewidth=2 if key == "f1" else 1.2)
     best = entry["max_f1"]
     if best is not None:
         axes.axvline(best["threshold"], color="tab:red", linestyle="--", linewidth=1)
         axes.plot([best["threshold"]], [best["f1"]], "o", color="tab:red",
                   label=f"max F1 {best['f1']:.3f} at {best['threshold']:.3f}")
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold")
-    axes.set_title(f"{POOLED}: precision, recall, F1 (IoU 0.5)", fontsize=10)
+    axes.set_title(f"{POOLED} pooled: precision, recall, F1 (IoU 0.5)", fontsize=10)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, loc="lower left")
+    axes.legend(fontsize=7, loc="upper right")
     if per_class:
         axes = figure.add_subplot(1, 2, 2)
         for name, class_entry in data["per_class"].items():
@@ -158,7 +159,7 @@ def _threshold_figure(data: Mapping[str, Any], per_class: bool, dpi: int = 100):
         axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="F1")
         axes.set_title("F1 per class (dots: each class's max)", fontsize=10)
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7, loc="lower left")
+        axes.legend(fontsize=7, loc="upper right")
     figure.tight_layout()
     return figure
 

@@ -229,16 +229,20 @@ def _html(
                  "The class with the lowest AP50 is shaded.</p>")
 
     best = curve_data["pooled"]["max_f1"]
-    best_text = "" if best is None else (f" Pooled max F1 {best['f1']:.3f} at score {best['threshold']:.3f} "
-                                          f"(precision {best['precision']:.3f}, recall {best['recall']:.3f}).")
+    best_text = "" if best is None else (f"Pooled max F1 {best['f1']:.3f} at score {best['threshold']:.3f} "
+                                          f"(precision {best['precision']:.3f}, recall {best['recall']:.3f}). ")
+    pooled_area = curve_data["pooled"]["ap50"]
+    best_text += ("The pooled curve ranks every class's detections in one list; its area "
+                  f"({_pct(pooled_area)}) is not COCO's AP50 ({_pct(metrics.get('AP50'))}), the mean of the class curves.")
     parts.append(f"<h2>Curves at IoU 0.5</h2><p class='note'>{esc(best_text)}</p>")
     parts.append(_figure(out_dir, curves.PR_FIGURE, "precision-recall curves"))
     parts.append(_figure(out_dir, curves.F1_FIGURE, "precision, recall and F1 against the score threshold"))
 
     parts.append("<h2>Confusion matrix (IoU 0.5, operating point)</h2><p class='note'>Rows: ground truth; columns: "
                  "prediction. The background row holds detections that match no ground truth (false positives, "
-                 "duplicates); the background column holds ground truth no detection found. Crowd boxes are left out, "
-                 "as in COCO.</p>")
+                 "duplicates); the background column holds ground truth no detection found. Each box is counted once, "
+                 "so a wrong-class detection on a box another detection found lands in the background row (TIDE below "
+                 "calls it a classification error). Crowd boxes are left out, as in COCO.</p>")
     parts.append(_figure(out_dir, confusion.FIGURE_NAME, "confusion matrix"))
 
     parts.append(f"<h2>Error types (TIDE)</h2><p class='note'>AP50 with TIDE's matching: {100 * tide_ap50:.1f}. "

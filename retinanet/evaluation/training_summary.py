@@ -18,19 +18,17 @@ LOSS_KEYS = ("loss", "loss_cls", "loss_box")
 
 
 def _series(rows: Iterable[Mapping[str, Any]], kind: str, key: str) -> tuple[list[int], list[float]]:
-    steps, values = [], []
-    for row in rows:
-        value = row.get(key)
-        if row.get("kind") == kind and isinstance(value, (int, float)) and math.isfinite(value):
-            steps.append(int(row["step"]))
-            values.append(float(value))
-    return steps, values
+    points = sorted(
+        (int(row["step"]), float(row[key])) for row in rows
+        if row.get("kind") == kind and isinstance(row.get(key), (int, float)) and math.isfinite(row[key])
+    )  # by step: a resumed run appends rows again from its checkpoint
+    return [p[0] for p in points], [p[1] for p in points]
 
 
 def plot_training_summary(rows: list[Mapping[str, Any]], path: Path) -> Path:
     """Train and val losses, learning rate, and val AP / AP50 over iterations, as one PNG at `path`."""
     figure = new_figure(13.0, 3.6)
-    losses, lr, ap = (figure.add_subplot(1, 3, i) for i in (1, 2, 3))
+    losses, lr, ap = figure.subplots(1, 3, sharex=True)  # one iteration axis for all three
     for key, color in zip(LOSS_KEYS, ("black", "tab:blue", "tab:orange")):
         steps, values = _series(rows, "train", key)
         if steps:
@@ -47,6 +45,9 @@ def plot_training_summary(rows: list[Mapping[str, Any]], path: Path) -> Path:
         if steps:
             ap.plot(steps, [100 * v for v in values], "o-", color=color, markersize=4, label=f"val {key}")
     ap.set(xlabel="iteration", ylabel="%", title="val AP")
+    steps = [int(r["step"]) for r in rows if r.get("kind") in ("train", "eval") and isinstance(r.get("step"), int)]
+    if steps:
+        ap.set_xlim(0, max(steps) * 1.02)
     for axes in (losses, lr, ap):
         axes.grid(True, alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
