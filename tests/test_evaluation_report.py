@@ -5,7 +5,6 @@ Every expected number below is worked out by hand in the comments next to it.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from retinanet.evaluation import confusion, curves, error_types, worst_images
 from retinanet.evaluation.evaluator import ClassMatches, CocoEvaluator
 from retinanet.evaluation.per_image import group_by_image
 from retinanet.evaluation.report import Thresholds, fixed_thresholds, training_figures, write_report
-from retinanet.evaluation.training_summary import plot_training_summary
+from retinanet.evaluation.training_summary import plot_training_summary, series
 from tests.conftest import make_coco
 
 
@@ -306,9 +305,16 @@ def test_training_summary(tmp_path: Path) -> None:
         {"kind": "eval", "step": 4, "AP": None, "AP50": 0.3},  # no val loss logged, AP undefined
         {"kind": "pr_curve", "step": 4, "tag": "x"},
     ]
+    rows.insert(0, {"kind": "eval", "step": 1, "AP": 0.05, "AP50": float("nan"), "loss": 1.5})  # a resumed run's order
+    assert series(rows, "eval", "AP") == ([1, 2], [0.05, 0.1])  # by step; the null AP at step 4 left out
+    assert series(rows, "eval", "AP50") == ([2, 4], [0.2, 0.3])  # nan left out
+    assert series(rows, "eval", "loss") == ([1, 2], [1.5, 0.9])
+    assert series(rows, "train", "lr") == ([1, 2, 3, 4], [0.01] * 4)
     path = plot_training_summary(rows, tmp_path / "results.png")
-    assert path == tmp_path / "results.png" and path.stat().st_size > 1000
-    assert not math.isnan(path.stat().st_mtime)
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.size == (1300, 360) and np.asarray(image.convert("L")).std() > 0
 
 
 @pytest.mark.slow

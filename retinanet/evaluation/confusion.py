@@ -133,8 +133,10 @@ def _draw(matrix: ConfusionMatrix, dpi: int):
                     text = f"{values[i, j]:d}" if column == 0 else f"{values[i, j]:.2f}"
                     axes.text(j, i, text, ha="center", va="center", fontsize=8,
                               color="white" if normalized[i, j] > 0.5 else "black")
-        axes.set_xticks(range(n), matrix.classes, rotation=45, ha="right", fontsize=8)
-        axes.set_yticks(range(n), matrix.classes, fontsize=8)
+        label_size = 8 if n <= 30 else 5  # COCO's 81 rows still fit
+        axes.set_xticks(range(n), matrix.classes, rotation=90 if n > 30 else 45, ha="right" if n <= 30 else "center",
+                        fontsize=label_size)
+        axes.set_yticks(range(n), matrix.classes, fontsize=label_size)
         axes.set_xlabel("prediction")
         axes.set_ylabel("ground truth")
         axes.set_title(f"confusion matrix ({title})", fontsize=10)

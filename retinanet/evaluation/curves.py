@@ -30,6 +30,7 @@ PR_FIGURE = "pr_curves.png"
 F1_FIGURE = "f1_curves.png"
 GRID = np.round(np.linspace(0.0, 1.0, 101), 2)  # recall points of the PR curve and score thresholds of the others
 POOLED = "all classes"
+MAX_LEGEND = 20  # more classes than this: per-class curves without a legend (their numbers are in curves.json)
 
 
 def pooled(matches: Mapping[int, ClassMatches]) -> ClassMatches:
@@ -111,6 +112,16 @@ def _label(name: str, entry: Mapping[str, Any], measure: str = "AP50") -> str:
     return f"{name} ({measure} {100 * ap:.1f}, {entry['num_gt']} gt)" if ap is not None else f"{name} (no gt)"
 
 
+def _legend(axes: Any, data: Mapping[str, Any], loc: str) -> None:
+    """A legend of every curve, or with many classes only of the pooled one (the rest would hide the plot)."""
+    if len(data["per_class"]) <= MAX_LEGEND:
+        axes.legend(fontsize=7, loc=loc)
+        return
+    handles = [(h, label) for h, label in zip(*axes.get_legend_handles_labels()) if label.startswith(POOLED)]
+    if handles:
+        axes.legend([h for h, _ in handles], [label for _, label in handles], fontsize=7, loc=loc)
+
+
 def _pr_figure(data: Mapping[str, Any]):
     figure = new_figure(6.5, 5.0)
     axes = figure.add_subplot(1, 1, 1)
@@ -123,7 +134,7 @@ def _pr_figure(data: Mapping[str, Any]):
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
     axes.set_title("precision-recall at IoU 0.5", fontsize=10)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, loc="lower left")
+    _legend(axes, data, "lower left")
     figure.tight_layout()
     return figure
 
@@ -159,7 +170,7 @@ def _threshold_figure(data: Mapping[str, Any], per_class: bool, dpi: int = 100):
         axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="F1")
         axes.set_title("F1 per class (dots: each class's max)", fontsize=10)
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7, loc="upper right")
+        _legend(axes, data, "upper right")
     figure.tight_layout()
     return figure
 

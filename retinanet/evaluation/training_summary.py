@@ -17,7 +17,8 @@ FILE_NAME = "results.png"
 LOSS_KEYS = ("loss", "loss_cls", "loss_box")
 
 
-def _series(rows: Iterable[Mapping[str, Any]], kind: str, key: str) -> tuple[list[int], list[float]]:
+def series(rows: Iterable[Mapping[str, Any]], kind: str, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one key in the rows of one kind, by step, leaving out null and non-finite values."""
     points = sorted(
         (int(row["step"]), float(row[key])) for row in rows
         if row.get("kind") == kind and isinstance(row.get(key), (int, float)) and math.isfinite(row[key])
@@ -30,18 +31,18 @@ def plot_training_summary(rows: list[Mapping[str, Any]], path: Path) -> Path:
     figure = new_figure(13.0, 3.6)
     losses, lr, ap = figure.subplots(1, 3, sharex=True)  # one iteration axis for all three
     for key, color in zip(LOSS_KEYS, ("black", "tab:blue", "tab:orange")):
-        steps, values = _series(rows, "train", key)
+        steps, values = series(rows, "train", key)
         if steps:
             losses.plot(steps, values, color=color, linewidth=1, label=f"train {key}")
-        steps, values = _series(rows, "eval", key)
+        steps, values = series(rows, "eval", key)
         if steps:
             losses.plot(steps, values, "o--", color=color, linewidth=1, markersize=4, label=f"val {key}")
     losses.set(xlabel="iteration", ylabel="loss", title="losses")
-    steps, values = _series(rows, "train", "lr")
+    steps, values = series(rows, "train", "lr")
     lr.plot(steps, values, color="tab:green", linewidth=1)
     lr.set(xlabel="iteration", ylabel="learning rate", title="learning rate")
     for key, color in (("AP", "tab:blue"), ("AP50", "tab:red")):
-        steps, values = _series(rows, "eval", key)
+        steps, values = series(rows, "eval", key)
         if steps:
             ap.plot(steps, [100 * v for v in values], "o-", color=color, markersize=4, label=f"val {key}")
     ap.set(xlabel="iteration", ylabel="%", title="val AP")
