@@ -1,87 +1,79 @@
 """Check a COCO-format dataset before training on it, and describe it.
 
     python scripts/check_dataset.py --images DIR --annotations FILE
+    python scripts/check_dataset.py --config FILE [--set KEY=VALUE ...] [--json FILE] [--output-dir DIR [--draw N]]
 
 Runs the same validation as training start-up (every record, every image file's header) and
 prints: image and annotation counts, boxes and images per class, a box size histogram with COCO's
 small / medium / large totals, images without boxes, and the problems and notes found. Statistics
 cover the records training would load (problems left out, as with data.on_invalid=skip).
 
+With --config (its data.train split unless --images/--annotations are given): anchor coverage, the
+share of boxes whose best anchor reaches the matcher's fg_iou, per COCO size (after the config's
+resize) and per class, with suggested anchors below 90%. --json FILE writes every figure;
+--output-dir DIR writes DIR/histograms.png, and with --draw N, DIR/preview_NN.png: the first N
+training images after the configured augmentations and resize, as the training loop receives them.
+
 Exit code: 0 clean (notes allowed), 1 problems found, 2 unusable input (missing folder or file,
-not JSON, not a COCO detection file).
+not JSON, not a COCO detection file, a bad config).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
+from PIL import Image
+
+from retinanet.config import ConfigError, load_config
+from retinanet.data.loaders import build_dataset
+from retinanet.data.previews import training_previews
+from retinanet.evaluation.visualize import GREEN, draw_detections, enlarge
+from retinanet.data.anchor_coverage import anchor_coverage, format_coverage
+from retinanet.data.stats import class_counts, plot_histograms, size_counts, write_check_json
 from retinanet.data.validate import DatasetError, clean_coco, load_coco_json, validate_coco
 from retinanet.cli.common import run_cli
 
 EXIT_CLEAN, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
-# Histogram edges on sqrt(box area) in pixels; COCO's small < 32^2 <= medium < 96^2 <= large.
-SIZE_EDGES = (16, 32, 64, 128, 256)
-COCO_SMALL, COCO_LARGE = 32**2, 96**2
+PREVIEW_MIN_SIDE = 384  # small images are drawn with each pixel repeated, so boxes and captions stay legible
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", required=True, help="the image folder (file_name is relative to it)")
-    parser.add_argument("--annotations", required=True, help="the COCO instances json")
+    parser.add_argument("--images", help="the image folder (file_name is relative to it); default: the config's data.train")
+    parser.add_argument("--annotations", help="the COCO instances json; default: the config's data.train")
+    parser.add_argument("--config", help="YAML config: its anchors, matcher thresholds, resize and augmentations")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--json", metavar="FILE", help="write every figure to this JSON file")
+    parser.add_argument("--output-dir", metavar="DIR", help="write histograms.png (and the --draw previews) here")
+    parser.add_argument("--draw", type=int, default=0, metavar="N", help="write N training previews (needs --config)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    return parser.parse_args(argv)
-
-
-def clipped_area(bbox: list[float], width: float, height: float) -> float:
-    """Area of a COCO [x, y, w, h] box after clipping to the image, as training sees it."""
-    x1, y1 = min(max(bbox[0], 0.0), width), min(max(bbox[1], 0.0), height)
-    x2, y2 = min(max(bbox[0] + bbox[2], 0.0), width), min(max(bbox[1] + bbox[3], 0.0), height)
-    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
-
-
-def size_bucket(area: float) -> str:
-    side = math.sqrt(area)
-    for low, high in zip((0, *SIZE_EDGES), SIZE_EDGES):
-        if side < high:
-            return f"<{high}" if low == 0 else f"{low}-{high}"
-    return f">={SIZE_EDGES[-1]}"
+    args = parser.parse_args(argv)
+    if args.config is None and not (args.images and args.annotations):
+        parser.error("give --images and --annotations, or --config")
+    if args.draw and (args.config is None or args.output_dir is None):
+        parser.error("--draw N needs --config (its augmentations and resize) and --output-dir")
+    return args
 
 
 def describe(dataset: dict) -> list[str]:
     """Counts, per-class table, size histogram and empty images of a (validated, cleaned) dataset."""
     images = {img["id"]: img for img in dataset["images"]}
     anns = dataset["annotations"]
-    boxes, crowd, images_of = Counter(), Counter(), {c["id"]: set() for c in dataset["categories"]}
-    buckets = Counter({size_bucket(a): 0 for a in (1.0, *(e**2 for e in SIZE_EDGES))})
-    coco_sizes = Counter({"small": 0, "medium": 0, "large": 0})
-    for ann in anns:
-        cat_id = ann["category_id"]
-        images_of[cat_id].add(ann["image_id"])
-        if ann.get("iscrowd"):
-            crowd[cat_id] += 1
-            continue
-        boxes[cat_id] += 1
-        img = images[ann["image_id"]]
-        area = clipped_area(ann["bbox"], img["width"], img["height"])
-        buckets[size_bucket(area)] += 1
-        coco_sizes["small" if area < COCO_SMALL else "medium" if area < COCO_LARGE else "large"] += 1
+    counts = class_counts(dataset)
+    buckets, coco_sizes = size_counts(dataset)
     with_boxes = {a["image_id"] for a in anns}
     empty = sorted(i for i in images if i not in with_boxes)
 
     lines = [
         f"images: {len(images)} ({len(empty)} without boxes)",
-        f"annotations: {len(anns)} ({sum(crowd.values())} crowd)",
-        f"categories: {len(dataset['categories'])} ({sum(1 for c in images_of.values() if c)} used)",
+        f"annotations: {len(anns)} ({sum(c.crowd for c in counts)} crowd)",
+        f"categories: {len(counts)} ({sum(1 for c in counts if c.images)} used)",
         "",
         f"{'id':>6}  {'name':<24} {'boxes':>7} {'crowd':>6} {'images':>7}",
     ]
-    for cat in sorted(dataset["categories"], key=lambda c: c["id"]):
-        cat_id = cat["id"]
-        name = str(cat.get("name", cat_id))
-        lines.append(f"{cat_id:>6}  {name:<24} {boxes[cat_id]:>7} {crowd[cat_id]:>6} {len(images_of[cat_id]):>7}")
+    lines += [f"{c.id:>6}  {c.name:<24} {c.boxes:>7} {c.crowd:>6} {c.images:>7}" for c in counts]
     lines += ["", "box sizes, sqrt(area) in px after clipping (crowd boxes left out):"]
     lines += [f"  {bucket:>8}: {count}" for bucket, count in buckets.items()]
     lines.append(
@@ -93,9 +85,41 @@ def describe(dataset: dict) -> list[str]:
     return lines
 
 
+def figures(dataset: dict) -> dict[str, Any]:
+    """The --json figures of a (cleaned) dataset, without anchor coverage."""
+    with_boxes = {a["image_id"] for a in dataset["annotations"]}
+    return {
+        "images": len(dataset["images"]),
+        "empty_images": sum(1 for img in dataset["images"] if img["id"] not in with_boxes),
+        "annotations": len(dataset["annotations"]),
+        "per_class": [vars(c) for c in class_counts(dataset)],
+        "coco_sizes": size_counts(dataset)[1],
+    }
+
+
+def write_previews(cfg: Any, config_source: str, count: int, out_dir: Path) -> list[Path]:
+    """preview_NN_imageID.png: the first `count` training images with their boxes, as training receives them."""
+    train_set = build_dataset(cfg, "train", config_source)
+    names = train_set.category_map.names
+    written = []
+    for index, preview in enumerate(training_previews(cfg, train_set, count)):
+        labels = [("crowd " if crowd else "") + names[int(label)] for label, crowd in zip(preview.labels, preview.iscrowd)]
+        pixels, factor = enlarge(preview.image_uint8_hwc, PREVIEW_MIN_SIDE)
+        drawn = draw_detections(pixels, preview.boxes_xyxy * factor, labels, None, color=GREEN, width=1)
+        path = out_dir / f"preview_{index:02d}_image{preview.image_id}.png"
+        Image.fromarray(drawn).save(path)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    images_dir, annotations = Path(args.images), Path(args.annotations)
+    cfg = load_config(args.config, args.set) if args.config else None
+    if cfg is not None and not (args.images and args.annotations):
+        if not (cfg.data.train.images and cfg.data.train.annotations):
+            raise ConfigError(f"{args.config}: data.train.images/annotations are not set; set them or pass --images and --annotations")
+    images_dir = Path(args.images or cfg.data.train.images)
+    annotations = Path(args.annotations or cfg.data.train.annotations)
     try:
         if not images_dir.is_dir():
             raise DatasetError(f"--images {images_dir}: not a folder; check the path")
@@ -110,8 +134,26 @@ def main(argv: list[str] | None = None) -> int:
     if not report.ok:
         print("(statistics below leave out the invalid records)")
     print("\n".join(describe(cleaned)))
+    result = figures(cleaned)
+    if cfg is not None:
+        names = {c["id"]: str(c.get("name", c["id"])) for c in cleaned["categories"]}
+        coverage = anchor_coverage(cleaned, cfg)
+        print()
+        print("\n".join(format_coverage(coverage, names)))
+        result["anchor_coverage"] = coverage.to_dict(names)
     print()
     print(report.summary())
+    result["problems"] = sum(report.counts.values())
+    if args.output_dir:
+        out_dir = Path(args.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"histograms: {plot_histograms(cleaned, out_dir / 'histograms.png')}")
+        if args.draw:
+            written = write_previews(cfg, args.config, args.draw, out_dir)
+            print(f"previews: {len(written)} training images in {out_dir}")
+    if args.json:
+        write_check_json(Path(args.json), result)
+        print(f"figures: {args.json}")
     return EXIT_CLEAN if report.ok else EXIT_PROBLEMS
 
 

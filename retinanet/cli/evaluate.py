@@ -9,6 +9,8 @@ Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
 with a checkpoint, OUTPUT_DIR/detections.json (COCO results: original image and category ids).
 With a target: OUTPUT_DIR/operating_point.json and, for a checkpoint, operating_point.json and
 MODEL_CARD.md in its run folder (the checkpoint's parent's parent), where predict.py finds them.
+Then the report (docs/evaluation_report.md): OUTPUT_DIR/report.html with curves, confusion matrix,
+error types and worst images, at the run's operating point (or --score-thresh, else max F1).
 """
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ from retinanet.cli.common import run_cli
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.modeling.model import build_model, build_postprocess
 from retinanet.evaluation.model_card import update_model_card
-from retinanet.evaluation.operating_point import IOU, format_operating_point_table, save_report, search
+from retinanet.evaluation.operating_point import (
+    IOU, OperatingPointReport, format_operating_point_table, load_report, save_report, search,
+)
+from retinanet.evaluation.report import Thresholds, fixed_thresholds, max_f1_thresholds, thresholds_from, write_report
 
 log = logging.getLogger("retinanet")
 
@@ -46,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument("--target-recall", metavar="R", help="the highest score thresholds with recall >= R")
     target.add_argument("--cost-fn", metavar="C", help="score thresholds of least C x missed + cost-fp x false positives")
     parser.add_argument("--cost-fp", metavar="F", default="1", help="cost of a false positive with --cost-fn (default 1)")
+    parser.add_argument("--score-thresh", type=float, default=None, metavar="T",
+                        help="report: score threshold of the confusion matrix and worst images (default: operating point)")
+    parser.add_argument("--worst", type=int, default=12, metavar="N", help="report: draw the N worst images")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser.parse_args(argv)
@@ -101,9 +109,11 @@ def load_results(path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = parse_target(args)
+    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
+        raise ConfigError(f"--score-thresh {args.score_thresh}: must be in [0, 1], e.g. --score-thresh 0.3")
     cfg = load_config(args.config, args.set)
     val_set = build_dataset(cfg, "val", args.config)
-    evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=target is not None)
+    evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)
 
     default_dir = Path(args.predictions).parent if args.predictions else Path(args.checkpoint).parent.parent
     out_dir = Path(args.output_dir or default_dir)
@@ -150,9 +160,32 @@ def main(argv: list[str] | None = None) -> int:
         written = save_report(report, out_dir, *([run_dir] if run_dir else []))
         if run_dir is not None:
             facts = {"config": ckpt.config, "train_seconds": ckpt.train_seconds, "iteration": ckpt.iteration}
-            written.append(update_model_card(run_dir, cfg, val_set.summary(), metrics, report, ckpt_path, facts, evaluator))
+            written.append(
+                update_model_card(run_dir, cfg, val_set.summary(), metrics, report, ckpt_path, facts, evaluator)
+            )
         print("operating point: " + ", ".join(str(p) for p in written))
+    report_thresholds = _report_thresholds(args, evaluator, metrics, report if target is not None else None)
+    write_report(out_dir, evaluator, metrics, report_thresholds, val_set.images_dir, num_worst=args.worst)
+    print(f"report: {out_dir / 'report.html'} (operating point: {report_thresholds.source})")
     return 0
+
+
+def _report_thresholds(
+    args: argparse.Namespace, evaluator: CocoEvaluator, metrics: dict[str, Any], report: OperatingPointReport | None
+) -> Thresholds:
+    """--score-thresh, else this run's target, else the checkpoint's run operating_point.json, else max F1."""
+    category_ids = [entry["id"] for entry in metrics["per_class"].values()]
+    if args.score_thresh is not None:
+        return fixed_thresholds(args.score_thresh, category_ids)
+    if report is not None:
+        return thresholds_from(report, category_ids, "this evaluation's target")
+    if args.checkpoint:
+        run_dir = Path(args.checkpoint).parent.parent
+        stored = load_report(run_dir)
+        if stored is not None:
+            return thresholds_from(stored, category_ids, str(run_dir / "operating_point.json"))
+    names = {entry["id"]: name for name, entry in metrics["per_class"].items()}
+    return max_f1_thresholds(evaluator.matches(iou=IOU), names)
 
 
 if __name__ == "__main__":

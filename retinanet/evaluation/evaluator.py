@@ -128,6 +128,13 @@ def _import_faster_coco_eval() -> Any:
     return faster_coco_eval
 
 
+def category_names(coco_gt: COCO) -> dict[int, str]:
+    """Category id -> the name reports use (metrics' per_class keys): "name", or "name (id)" when names repeat."""
+    cats = coco_gt.loadCats(sorted(coco_gt.getCatIds()))
+    names = [c["name"] for c in cats]
+    return {int(c["id"]): c["name"] if names.count(c["name"]) == 1 else f"{c['name']} ({c['id']})" for c in cats}
+
+
 def _undefined_to_nan(value: float) -> float:
     return float("nan") if value < 0 else float(value)
 
@@ -160,6 +167,7 @@ class CocoEvaluator:
         self._known_category_ids = set(self.coco_gt.getCatIds())
         self.summary_text = ""
         self.last_precision: np.ndarray | None = None  # (T, R, K, A, M), -1 where undefined
+        self.last_recall: np.ndarray | None = None  # (T, K, A, M), -1 where undefined
         self._params: Any = None
         self._eval_imgs: list[dict[str, Any] | None] | None = None  # COCOeval.evalImgs of the last compute, for matches()
         self._computed_records: list[dict[str, Any]] = []
@@ -229,6 +237,7 @@ class CocoEvaluator:
         # faster-coco-eval keeps its per-image matches in C++: matches() recomputes them on demand.
         self._eval_imgs = coco_eval.evalImgs if self._fast is None and self.keep_matches else None
         self.last_precision = np.asarray(coco_eval.eval["precision"])
+        self.last_recall = np.asarray(coco_eval.eval["recall"])
 
         metrics: dict[str, Any] = {
             name: _undefined_to_nan(value) for name, value in zip(STAT_NAMES, coco_eval.stats)
@@ -242,12 +251,12 @@ class CocoEvaluator:
         area_index = self._params.areaRngLbl.index("all")
         det_index = len(self._params.maxDets) - 1
         cats = self.coco_gt.loadCats(self._params.catIds)
-        names = [c["name"] for c in cats]
+        names = category_names(self.coco_gt)
         for k, cat in enumerate(cats):
             p = precision[:, :, k, area_index, det_index]  # (T, R)
             valid = p[p > -1]
             p50 = p[0][p[0] > -1]
-            name = cat["name"] if names.count(cat["name"]) == 1 else f"{cat['name']} ({cat['id']})"
+            name = names[int(cat["id"])]
             per_class[name] = {
                 "id": int(cat["id"]),
                 "AP": float(valid.mean()) if valid.size else None,
@@ -260,6 +269,33 @@ class CocoEvaluator:
         if self._params is None:
             raise RuntimeError("call compute() before evaluated()")
         return list(self._computed_records), [int(i) for i in self._params.imgIds]
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The COCO result records of the last `compute` (for the report's per-image analyses)."""
+        return list(self._computed_records)
+
+    def class_stats(self) -> dict[int, dict[str, float | None]]:
+        """Per category id: AP, AP50, AP75 and AR100 (area all) of the last `compute`; None without ground truth."""
+        if self.last_precision is None or self.last_recall is None or self._params is None:
+            raise RuntimeError("call compute() before class_stats()")
+        p = self._params
+        a, m = p.areaRngLbl.index("all"), len(p.maxDets) - 1
+        t50, t75 = (int(np.flatnonzero(np.isclose(p.iouThrs, v))[0]) for v in (0.5, 0.75))
+
+        def mean(values: np.ndarray) -> float | None:
+            valid = values[values > -1]
+            return float(valid.mean()) if valid.size else None
+
+        return {
+            int(category_id): {
+                "AP": mean(self.last_precision[:, :, k, a, m]),
+                "AP50": mean(self.last_precision[t50, :, k, a, m]),
+                "AP75": mean(self.last_precision[t75, :, k, a, m]),
+                "AR100": mean(self.last_recall[:, k, a, m]),
+            }
+            for k, category_id in enumerate(p.catIds)
+        }
 
     def matches(self, iou: float = 0.5, area: str = "all", max_dets: int = 100) -> dict[int, ClassMatches]:
         """Per category id: every counted detection's score and TP flag, and the non-ignored gt count.

@@ -60,6 +60,17 @@ def _draw(
         draw.text((x1 + 1, text_y - top), text, fill=(255, 255, 255), font=font)
 
 
+def enlarge(image_uint8_hwc: np.ndarray, min_side: int) -> tuple[np.ndarray, int]:
+    """Repeat every pixel k x k (nearest neighbour, the smallest k making the long side >= min_side) for legible drawings.
+
+    Returns the image and k; multiply boxes by k. The pixels stay those of the input.
+    """
+    factor = max(1, -(-min_side // max(image_uint8_hwc.shape[:2])))
+    if factor == 1:
+        return image_uint8_hwc, 1
+    return np.repeat(np.repeat(image_uint8_hwc, factor, axis=0), factor, axis=1), factor
+
+
 def draw_detections(
     image_uint8_hwc: np.ndarray,
     boxes_xyxy: Any,
