@@ -2,6 +2,7 @@
 
     python evaluate.py --config FILE --checkpoint CKPT [--output-dir DIR] [--set KEY=VALUE ...]
     python evaluate.py --config FILE --predictions RESULTS.json [--output-dir DIR]
+    python evaluate.py --config FILE --model model.onnx [--output-dir DIR]   (an exported file, onnxruntime on CPU)
     add --target-precision P or --target-recall R to choose score thresholds (operating point)
 
 Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class) and,
@@ -12,6 +13,7 @@ MODEL_CARD.md in its run folder (the checkpoint's parent's parent), where predic
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -19,8 +21,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from retinanet.data.coco import CocoDetection
 from retinanet.data.loaders import DatasetError, build_dataset, build_val_loader
-from retinanet.config import ConfigError, load_config, replace
+from retinanet.config import Config, ConfigError, load_config, replace
+from retinanet.fileio import RunFileError
+from retinanet.modeling.onnx_detector import OnnxDetector
+from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinanet.engine.runtime import check_amp, place_model, resolve_device
 from retinanet.engine.inference import evaluate
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
@@ -39,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint written by train.py")
     source.add_argument("--predictions", help="COCO results JSON to evaluate without a model")
+    source.add_argument("--model", help="ONNX file written by scripts/export.py; its own preprocessing is used")
     parser.add_argument("--output-dir", default=None, help="where to write metrics.json (default: beside the input)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-precision", metavar="P", help="score thresholds: most recall at precision >= P")
@@ -85,6 +95,35 @@ def load_results(path: Path) -> list[dict]:
     return records
 
 
+def evaluate_onnx(
+    path: Path, cfg: Config, val_set: CocoDetection, evaluator: CocoEvaluator
+) -> tuple[dict[str, Any], list[dict]]:
+    """COCO metrics and result records of an exported model, through the loop that evaluates checkpoints.
+
+    The val loader prepares images with the file's preprocessing (its metadata), and the graph
+    does the rest: the model is the identity and `detect_prepared` stands in for PostProcess.
+    """
+    detector = OnnxDetector(path)
+    if detector.category_ids != val_set.category_map.category_ids:
+        raise DatasetError(
+            f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the "
+            f"model's {detector.category_ids[:10]} ({path}); evaluate on a set with the training categories"
+        )
+    pre = detector.metadata.preprocess
+    if (tuple(pre["mean"]), tuple(pre["std"])) != (IMAGENET_MEAN, IMAGENET_STD):
+        raise RunFileError(f"{path}: normalization mean/std {pre['mean']}/{pre['std']} differ from the evaluation "
+                           "loader's ImageNet ones; evaluate it with OnnxDetector in your own loop")
+    size = int(pre["min_size"])
+    cfg = replace(cfg, input=dataclasses.replace(cfg.input, min_size=(size,), eval_min_size=size,
+                                                  max_size=int(pre["max_size"]),
+                                                  size_divisible=int(pre["size_divisible"])))
+    metrics, results, _ = evaluate(
+        nn.Identity(), detector.detect_prepared, build_val_loader(cfg, val_set), evaluator,
+        val_set.category_map.category_ids, torch.device("cpu"),
+    )
+    return metrics, results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = parse_target(args)
@@ -92,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     val_set = build_dataset(cfg, "val", args.config)
     evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=target is not None)
 
-    default_dir = Path(args.predictions).parent if args.predictions else Path(args.checkpoint).parent.parent
+    default_dir = (Path(args.predictions).parent if args.predictions else Path(args.model).parent if args.model
+                   else Path(args.checkpoint).parent.parent)
     out_dir = Path(args.output_dir or default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.predictions:
         evaluator.update(load_results(Path(args.predictions)))
         metrics = evaluator.compute()
+    elif args.model:
+        metrics, results = evaluate_onnx(Path(args.model), cfg, val_set, evaluator)
+        (out_dir / "detections.json").write_text(json.dumps(results))
     else:
         ckpt_path = Path(args.checkpoint)
         device = resolve_device(cfg.train.device)
@@ -127,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         source = {"split": str(val_set.annotations_file)}
         # A checkpoint in a run folder's checkpoints/ stores its operating point and card with the run.
         run_dir = default_dir if args.checkpoint and ckpt_path.parent.name == "checkpoints" else None
-        if args.predictions:
-            source["predictions"] = str(args.predictions)
+        if args.predictions or args.model:
+            source["predictions" if args.predictions else "model"] = str(args.predictions or args.model)
         else:
             source["checkpoint"] = str(ckpt_path.relative_to(default_dir)) if run_dir else str(ckpt_path)
             source["iteration"] = ckpt.iteration
