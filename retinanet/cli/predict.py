@@ -5,8 +5,8 @@
     python scripts/predict.py --model model.onnx --input IMAGE_OR_DIR ...   (an exported file, onnxruntime on CPU)
 
 Score thresholds: by default the operating point stored in the checkpoint's run folder
-(`operating_point.json` beside `checkpoints/`, written by train.py and by evaluate.py --target-*),
-per class when it has them; `--score-thresh` sets one threshold for every class; without either,
+(`operating_point.json` beside `checkpoints/`, written by train.py and by evaluate.py --target-*;
+for --model, the one exported into the file's metadata), per class when it has them; `--score-thresh` sets one threshold for every class; without either,
 0.3. The thresholds used are printed.
 
 Writes every image with its boxes, class names and scores drawn, and `detections.json`
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -68,16 +69,18 @@ def list_images(path: Path) -> list[Path]:
 
 
 def choose_thresholds(
-    score_thresh: float | None, report: OperatingPointReport | None, where: str, missing: str, ckpt_iteration: int,
-    categories: list[dict],
+    score_thresh: float | None, read_report: Callable[[], OperatingPointReport | None], where: str, missing: str,
+    ckpt_iteration: int | None, categories: list[dict],
 ) -> tuple[list[float], str]:
     """One score threshold per contiguous label, and a line saying where they come from.
 
-    `report` is the operating point found at `where` (None: `missing` says why there is none).
+    `read_report()` gives the operating point at `where` (None: `missing` says why there is none);
+    it is not read when --score-thresh is given.
     """
     k = len(categories)
     if score_thresh is not None:
         return [score_thresh] * k, f"score threshold {score_thresh:g} for every class (--score-thresh)"
+    report = read_report()
     values, how = thresholds_for(report, [c["id"] for c in categories]) if report is not None else ([None] * k, "")
     if all(v is None for v in values):
         why = missing if report is None else f"{where} has no defined threshold"
@@ -105,7 +108,7 @@ def load_checkpoint_model(ckpt_path: Path, device_name: str) -> tuple[Detector, 
     detector.model = place_model(detector.model, device, cfg.train.channels_last)  # as evaluate.py places it
     detector.eval()
     run_dir = ckpt_path.parent.parent
-    source = (load_report(run_dir), str(run_dir / FILE_NAME), f"no {FILE_NAME} in {run_dir}", ckpt.iteration)
+    source = (lambda: load_report(run_dir), str(run_dir / FILE_NAME), f"no {FILE_NAME} in {run_dir}", ckpt.iteration)
     return detector, ckpt.categories, source
 
 
@@ -113,8 +116,7 @@ def load_onnx_model(path: Path) -> tuple[OnnxDetector, list[dict], tuple]:
     """The ONNX detector, its categories, and the operating point exported into its metadata."""
     detector = OnnxDetector(path)
     raw = detector.metadata.operating_point
-    report = OperatingPointReport.from_dict(raw) if raw is not None else None
-    source = (report, f"{path} (metadata)", f"no operating point in {path}'s metadata",
+    source = (lambda: OperatingPointReport.from_dict(raw) if raw is not None else None, f"{path} (metadata)", f"no operating point in {path}'s metadata",
               detector.metadata.source.get("iteration"))
     return detector, detector.categories, source
 
