@@ -95,28 +95,31 @@ def load_results(path: Path) -> list[dict]:
     return records
 
 
+def with_model_input(cfg: Config, detector: OnnxDetector) -> Config:
+    """The config with the exported model's preprocessing, so the val set is prepared as the file expects."""
+    pre = detector.metadata.preprocess
+    if (tuple(pre["mean"]), tuple(pre["std"])) != (IMAGENET_MEAN, IMAGENET_STD):
+        raise RunFileError(f"{detector.path}: normalization mean/std {pre['mean']}/{pre['std']} differ from the "
+                           "evaluation loader's ImageNet ones; evaluate it with OnnxDetector in your own loop")
+    size = int(pre["min_size"])
+    return replace(cfg, input=dataclasses.replace(cfg.input, min_size=(size,), eval_min_size=size,
+                                                   max_size=int(pre["max_size"]),
+                                                   size_divisible=int(pre["size_divisible"])))
+
+
 def evaluate_onnx(
-    path: Path, cfg: Config, val_set: CocoDetection, evaluator: CocoEvaluator
+    detector: OnnxDetector, cfg: Config, val_set: CocoDetection, evaluator: CocoEvaluator
 ) -> tuple[dict[str, Any], list[dict]]:
     """COCO metrics and result records of an exported model, through the loop that evaluates checkpoints.
 
-    The val loader prepares images with the file's preprocessing (its metadata), and the graph
-    does the rest: the model is the identity and `detect_prepared` stands in for PostProcess.
+    The graph does all but the preparation (`with_model_input`): the model is the identity and
+    `detect_prepared` stands in for PostProcess.
     """
-    detector = OnnxDetector(path)
     if detector.category_ids != val_set.category_map.category_ids:
         raise DatasetError(
             f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the "
-            f"model's {detector.category_ids[:10]} ({path}); evaluate on a set with the training categories"
+            f"model's {detector.category_ids[:10]} ({detector.path}); evaluate on a set with the training categories"
         )
-    pre = detector.metadata.preprocess
-    if (tuple(pre["mean"]), tuple(pre["std"])) != (IMAGENET_MEAN, IMAGENET_STD):
-        raise RunFileError(f"{path}: normalization mean/std {pre['mean']}/{pre['std']} differ from the evaluation "
-                           "loader's ImageNet ones; evaluate it with OnnxDetector in your own loop")
-    size = int(pre["min_size"])
-    cfg = replace(cfg, input=dataclasses.replace(cfg.input, min_size=(size,), eval_min_size=size,
-                                                  max_size=int(pre["max_size"]),
-                                                  size_divisible=int(pre["size_divisible"])))
     metrics, results, _ = evaluate(
         nn.Identity(), detector.detect_prepared, build_val_loader(cfg, val_set), evaluator,
         val_set.category_map.category_ids, torch.device("cpu"),
@@ -128,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = parse_target(args)
     cfg = load_config(args.config, args.set)
+    detector = OnnxDetector(Path(args.model)) if args.model else None
+    if detector is not None:
+        cfg = with_model_input(cfg, detector)
     val_set = build_dataset(cfg, "val", args.config)
     evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=target is not None)
 
@@ -138,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.predictions:
         evaluator.update(load_results(Path(args.predictions)))
         metrics = evaluator.compute()
-    elif args.model:
-        metrics, results = evaluate_onnx(Path(args.model), cfg, val_set, evaluator)
+    elif detector is not None:
+        metrics, results = evaluate_onnx(detector, cfg, val_set, evaluator)
         (out_dir / "detections.json").write_text(json.dumps(results))
     else:
         ckpt_path = Path(args.checkpoint)

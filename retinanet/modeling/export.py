@@ -22,8 +22,10 @@ categories, preprocessing, postprocess settings and the run's operating point.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -211,6 +213,15 @@ class ModelMetadata:
         return meta
 
 
+def require(module: str) -> Any:
+    """Import an optional dependency of the `export` extra, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{module} is not installed; ONNX export and inference need `pip install -e .[export]` "
+                          "(requirements.txt pins the tested versions)") from None
+
+
 def check_opset(opset: int) -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(
@@ -234,9 +245,9 @@ def export_onnx(
     then be multiples of size_divisible, as `prepare_images` makes them; the trace then uses at
     least 2 images of 256 x 256).
     """
-    import onnx
-
     check_opset(opset)
+    onnx = require("onnx")
+    require("onnxscript")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
     pre = metadata.preprocess
@@ -257,7 +268,9 @@ def export_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Both inputs share the batch Dim on purpose; the exporter notes it once per name.
+            warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")
             program = torch.onnx.export(
                 wrapper, (images, image_sizes), dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES), dynamic_shapes=dynamic_shapes, external_data=False,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from retinanet.fileio import RunFileError
-from retinanet.modeling.export import INPUT_NAMES, ModelMetadata
+from retinanet.modeling.export import INPUT_NAMES, ModelMetadata, require
 from retinanet.modeling.postprocess import rescale_boxes
 from retinanet.modeling.preprocess import prepare_images
 from retinanet.structures import Detections
@@ -30,8 +30,7 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | Path, threads: int = 0, providers: Sequence[str] = ("CPUExecutionProvider",)):
-        import onnxruntime as ort
-
+        ort = require("onnxruntime")
         self.path = Path(path)
         if not self.path.is_file():
             raise RunFileError(f"{self.path}: ONNX model not found; check the path, or export one with "
