@@ -22,6 +22,9 @@ from P5 (torchvision v1), 256-channel 4-conv heads, 80 classes.
   with --compile torch.compile on the recommended setting.
 - `ours`: the recommended setting, channels_last plus `--amp` (auto: bf16 on CUDA and on CPUs with
   AMX; fp32 on other CPUs, where oneDNN's bf16 convolutions are slower than fp32 ones).
+- `onnxruntime` (--device cpu, inference only): the `ours_fp32` weights exported by
+  `modeling.export.export_onnx` (static graph, NMS inside) and run by onnxruntime's CPU execution
+  provider with all graph optimizations, on the same prepared batch and as many threads as torch.
 
 Timing interleaves the rows: every round runs one train step of each row, then one inference of
 each, so load from other processes spreads over all rows alike. A figure is the median over
@@ -59,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp", choices=("auto", "none", "bf16"), default="auto", help="autocast of the `ours` row")
     parser.add_argument("--compile", action="store_true", help="add a row with torch.compile on the `ours` setting")
     parser.add_argument(
-        "--rows", default="", help="comma-separated lever rows (default: all); torchvision, ours_fp32 and ours always run"
+        "--rows", default="",
+        help="comma-separated lever rows, ours_compiled, onnxruntime (default: all); torchvision, ours_fp32 and ours "
+        "always run"
     )
     parser.add_argument("--loader-batches", type=int, default=20, help="batches timed in the loader row (0 = skip)")
     parser.add_argument("--eval-images", type=int, default=300, help="images in the COCO-eval timing (0 = skip)")

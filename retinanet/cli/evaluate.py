@@ -2,6 +2,7 @@
 
     python evaluate.py --config FILE --checkpoint CKPT [--output-dir DIR] [--set KEY=VALUE ...]
     python evaluate.py --config FILE --predictions RESULTS.json [--output-dir DIR]
+    python evaluate.py --config FILE --model model.onnx [--output-dir DIR]   (an exported file, onnxruntime on CPU)
     add --target-precision P, --target-recall R or --cost-fn C [--cost-fp F] to choose score thresholds
     (operating point; --cost-fn: the least C x missed + F x false positives, F = 1 by default)
 
@@ -15,6 +16,7 @@ error types and worst images, at the run's operating point (or --score-thresh, e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -22,8 +24,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from retinanet.data.coco import CocoDetection
 from retinanet.data.loaders import DatasetError, build_dataset, build_val_loader
-from retinanet.config import ConfigError, load_config, replace
+from retinanet.config import Config, ConfigError, load_config, replace
+from retinanet.fileio import RunFileError
+from retinanet.modeling.onnx_detector import OnnxDetector
+from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinanet.engine.runtime import check_amp, place_model, resolve_device
 from retinanet.engine.inference import evaluate
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
@@ -45,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint written by train.py")
     source.add_argument("--predictions", help="COCO results JSON to evaluate without a model")
+    source.add_argument("--model", help="ONNX file written by scripts/export.py; its own preprocessing is used")
     parser.add_argument("--output-dir", default=None, help="where to write metrics.json (default: beside the input)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-precision", metavar="P", help="score thresholds: most recall at precision >= P")
@@ -106,21 +116,60 @@ def load_results(path: Path) -> list[dict]:
     return records
 
 
+def with_model_input(cfg: Config, detector: OnnxDetector) -> Config:
+    """The config with the exported model's preprocessing, so the val set is prepared as the file expects."""
+    pre = detector.metadata.preprocess
+    if (tuple(pre["mean"]), tuple(pre["std"])) != (IMAGENET_MEAN, IMAGENET_STD):
+        raise RunFileError(f"{detector.path}: normalization mean/std {pre['mean']}/{pre['std']} differ from the "
+                           "evaluation loader's ImageNet ones; evaluate it with OnnxDetector in your own loop")
+    size = int(pre["min_size"])
+    return replace(cfg, input=dataclasses.replace(cfg.input, min_size=(size,), eval_min_size=size,
+                                                   max_size=int(pre["max_size"]),
+                                                   size_divisible=int(pre["size_divisible"])))
+
+
+def evaluate_onnx(
+    detector: OnnxDetector, cfg: Config, val_set: CocoDetection, evaluator: CocoEvaluator
+) -> tuple[dict[str, Any], list[dict]]:
+    """COCO metrics and result records of an exported model, through the loop that evaluates checkpoints.
+
+    The graph does all but the preparation (`with_model_input`): the model is the identity and
+    `detect_prepared` stands in for PostProcess.
+    """
+    if detector.category_ids != val_set.category_map.category_ids:
+        raise DatasetError(
+            f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the "
+            f"model's {detector.category_ids[:10]} ({detector.path}); evaluate on a set with the training categories"
+        )
+    metrics, results, _ = evaluate(
+        nn.Identity(), detector.detect_prepared, build_val_loader(cfg, val_set), evaluator,
+        val_set.category_map.category_ids, torch.device("cpu"),
+    )
+    return metrics, results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = parse_target(args)
     if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
         raise ConfigError(f"--score-thresh {args.score_thresh}: must be in [0, 1], e.g. --score-thresh 0.3")
     cfg = load_config(args.config, args.set)
+    detector = OnnxDetector(Path(args.model)) if args.model else None
+    if detector is not None:
+        cfg = with_model_input(cfg, detector)
     val_set = build_dataset(cfg, "val", args.config)
     evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)
 
-    default_dir = Path(args.predictions).parent if args.predictions else Path(args.checkpoint).parent.parent
+    default_dir = (Path(args.predictions).parent if args.predictions else Path(args.model).parent if args.model
+                   else Path(args.checkpoint).parent.parent)
     out_dir = Path(args.output_dir or default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.predictions:
         evaluator.update(load_results(Path(args.predictions)))
         metrics = evaluator.compute()
+    elif detector is not None:
+        metrics, results = evaluate_onnx(detector, cfg, val_set, evaluator)
+        (out_dir / "detections.json").write_text(json.dumps(results))
     else:
         ckpt_path = Path(args.checkpoint)
         device = resolve_device(cfg.train.device)
@@ -150,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         source = {"split": str(val_set.annotations_file)}
         # A checkpoint in a run folder's checkpoints/ stores its operating point and card with the run.
         run_dir = default_dir if args.checkpoint and ckpt_path.parent.name == "checkpoints" else None
-        if args.predictions:
-            source["predictions"] = str(args.predictions)
+        if args.predictions or args.model:
+            source["predictions" if args.predictions else "model"] = str(args.predictions or args.model)
         else:
             source["checkpoint"] = str(ckpt_path.relative_to(default_dir)) if run_dir else str(ckpt_path)
             source["iteration"] = ckpt.iteration

@@ -2,13 +2,14 @@
 
     python scripts/predict.py --checkpoint runs/demo_cpu/checkpoints/best.pt --input IMAGE_OR_DIR \
         [--output-dir DIR] [--score-thresh 0.3] [--device auto]
+    python scripts/predict.py --model model.onnx --input IMAGE_OR_DIR ...   (an exported file, onnxruntime on CPU)
 
 Score thresholds: by default the operating point stored in the checkpoint's run folder
 (`operating_point.json` beside `checkpoints/`, written by train.py and by evaluate.py --target-* or
---cost-fn), per class when it has them; `--score-thresh` sets one threshold for every class; without
-either, 0.3. The thresholds used are printed.
+--cost-fn; for --model, the one exported into the file's metadata), per class when it has them;
+`--score-thresh` sets one threshold for every class; without either, 0.3. The thresholds used are printed.
 
-Score drift: when the run's model card stores the val score distribution, the scores and the
+Score drift (checkpoints): when the run's model card stores the val score distribution, the scores and the
 detections per image on these images (before the thresholds) are compared with it, and a warning
 with the figures is printed when they differ by more than `retinanet.evaluation.drift`'s bound.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,11 +30,14 @@ from PIL import Image
 
 from retinanet.data.coco import load_image
 from retinanet.modeling.detector import Detector
+from retinanet.modeling.onnx_detector import OnnxDetector
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
 from retinanet.engine.runtime import place_model, resolve_device
 from retinanet.evaluation.drift import check_drift, format_drift
 from retinanet.evaluation.model_card import load_model_card
-from retinanet.evaluation.operating_point import FILE_NAME, keep_mask, load_report, thresholds_for
+from retinanet.evaluation.operating_point import (
+    FILE_NAME, OperatingPointReport, keep_mask, load_report, thresholds_for,
+)
 from retinanet.cli.common import run_cli
 from retinanet.evaluation.evaluator import detections_to_coco
 from retinanet.structures import Detections
@@ -44,7 +49,9 @@ DEFAULT_SCORE_THRESH = 0.3
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="checkpoint written by train.py")
+    model.add_argument("--model", help="ONNX file written by scripts/export.py (runs on onnxruntime, CPU)")
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output-dir", default="predictions")
     parser.add_argument(
@@ -68,24 +75,28 @@ def list_images(path: Path) -> list[Path]:
 
 
 def choose_thresholds(
-    score_thresh: float | None, ckpt_path: Path, ckpt_iteration: int, categories: list[dict]
+    score_thresh: float | None, read_report: Callable[[], OperatingPointReport | None], where: str, missing: str,
+    ckpt_iteration: int | None, categories: list[dict],
 ) -> tuple[list[float], str]:
-    """One score threshold per contiguous label, and a line saying where they come from."""
+    """One score threshold per contiguous label, and a line saying where they come from.
+
+    `read_report()` gives the operating point at `where` (None: `missing` says why there is none);
+    it is not read when --score-thresh is given.
+    """
     k = len(categories)
     if score_thresh is not None:
         return [score_thresh] * k, f"score threshold {score_thresh:g} for every class (--score-thresh)"
-    run_dir = ckpt_path.parent.parent
-    report = load_report(run_dir)
+    report = read_report()
     values, how = thresholds_for(report, [c["id"] for c in categories]) if report is not None else ([None] * k, "")
     if all(v is None for v in values):
-        why = f"no {FILE_NAME} in {run_dir}" if report is None else f"{run_dir / FILE_NAME} has no defined threshold"
+        why = missing if report is None else f"{where} has no defined threshold"
         return [DEFAULT_SCORE_THRESH] * k, (
             f"{why}; using the default score threshold {DEFAULT_SCORE_THRESH:g} for every class "
             "(evaluate.py --target-precision P stores one; --score-thresh sets one)"
         )
     values = [DEFAULT_SCORE_THRESH if v is None else v for v in values]
     listed = ", ".join(f"{c['name']} {v:.5g}" for c, v in zip(categories, values))
-    note = f"score thresholds from {run_dir / FILE_NAME} ({report.describe_target()}, {how}): {listed}"
+    note = f"score thresholds from {where} ({report.describe_target()}, {how}): {listed}"
     iteration = report.source.get("iteration")
     if iteration is not None and iteration != ckpt_iteration:
         note += (f" [found for {report.source.get('checkpoint')} at iteration {iteration}; this checkpoint is at "
@@ -93,23 +104,41 @@ def choose_thresholds(
     return values, note
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ckpt_path = Path(args.checkpoint)
+def load_checkpoint_model(ckpt_path: Path, device_name: str) -> tuple[Detector, list[dict], tuple]:
+    """The PyTorch Detector, its categories, and where its operating point is (choose_thresholds' arguments)."""
     ckpt = Checkpoint.load(ckpt_path)
     cfg = ckpt.build_config(f"{ckpt_path} (config)")
-    categories = ckpt.categories
-    device = resolve_device(args.device)
-    detector = Detector.from_config(cfg, num_classes=len(categories))
+    device = resolve_device(device_name)
+    detector = Detector.from_config(cfg, num_classes=len(ckpt.categories))
     load_model_weights(detector.model, ckpt.inference_weights, ckpt_path)
     detector.model = place_model(detector.model, device, cfg.train.channels_last)  # as evaluate.py places it
     detector.eval()
+    run_dir = ckpt_path.parent.parent
+    source = (lambda: load_report(run_dir), str(run_dir / FILE_NAME), f"no {FILE_NAME} in {run_dir}", ckpt.iteration)
+    return detector, ckpt.categories, source
+
+
+def load_onnx_model(path: Path) -> tuple[OnnxDetector, list[dict], tuple]:
+    """The ONNX detector, its categories, and the operating point exported into its metadata."""
+    detector = OnnxDetector(path)
+    raw = detector.metadata.operating_point
+    source = (lambda: OperatingPointReport.from_dict(raw) if raw is not None else None, f"{path} (metadata)",
+              f"no operating point in {path}'s metadata", detector.metadata.source.get("iteration"))
+    return detector, detector.categories, source
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.model:
+        detector, categories, threshold_source = load_onnx_model(Path(args.model))
+    else:
+        detector, categories, threshold_source = load_checkpoint_model(Path(args.checkpoint), args.device)
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in categories]
     category_ids = [c["id"] for c in categories]
-    thresholds, note = choose_thresholds(args.score_thresh, ckpt_path, ckpt.iteration, categories)
+    thresholds, note = choose_thresholds(args.score_thresh, *threshold_source, categories)
     print(note)
     records = []
     all_scores: list[float] = []
@@ -127,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.name}: {int(keep.sum())} detections")
     (out_dir / "detections.json").write_text(json.dumps(records))
     print(f"wrote {out_dir}/ (drawn images and detections.json)")
-    card = load_model_card(ckpt_path.parent.parent)
+    card = load_model_card(Path(args.checkpoint).parent.parent) if args.checkpoint else None
     if card is not None and card.score_distribution is not None:
         drift = format_drift(check_drift(card.score_distribution, all_scores, per_image))
         if drift:

@@ -55,12 +55,13 @@ class AnchorGenerator(nn.Module):
         if key not in self._cache:
             if len(self._cache) > 64:
                 self._cache.clear()
-            self._cache[key] = self._generate(image_size, feature_sizes, device, dtype)
+            self._cache[key] = self.generate(image_size, feature_sizes, device, dtype)
         return self._cache[key]
 
-    def _generate(
+    def generate(
         self, image_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]], device: torch.device, dtype: torch.dtype
     ) -> tuple[Tensor, list[int]]:
+        """`forward` without the cache: for tracing, where the sizes are symbolic (ONNX export)."""
         if len(feature_sizes) != len(self.cell):
             raise ValueError(f"got {len(feature_sizes)} feature maps for {len(self.cell)} anchor levels")
         per_level = []

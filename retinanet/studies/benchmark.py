@@ -22,6 +22,9 @@ from P5 (torchvision v1), 256-channel 4-conv heads, 80 classes.
   with --compile torch.compile on the recommended setting.
 - `ours`: the recommended setting, channels_last plus `--amp` (auto: bf16 on CUDA and on CPUs with
   AMX; fp32 on other CPUs, where oneDNN's bf16 convolutions are slower than fp32 ones).
+- `onnxruntime` (--device cpu, inference only): the `ours_fp32` weights exported by
+  `modeling.export.export_onnx` (static graph, NMS inside) and run by onnxruntime's CPU execution
+  provider with all graph optimizations, on the same prepared batch and as many threads as torch.
 
 Timing interleaves the rows: every round runs one train step of each row, then one inference of
 each, so load from other processes spreads over all rows alike. A figure is the median over
@@ -75,7 +78,10 @@ from retinanet.engine.optim import build_optimizer
 from retinanet.engine.inference import predict
 from retinanet.engine.trainer import StepOptions, train_step
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator
+from retinanet.modeling.export import DEFAULT_OPSET, ModelMetadata, export_onnx
 from retinanet.modeling.model import build_criterion, build_model, build_postprocess
+from retinanet.modeling.onnx_detector import OnnxDetector
+from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinanet.evaluation.model_card import cpu_name
 from retinanet.structures import Target
 
@@ -88,6 +94,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H200", 989.0),
     ("A100", 312.0),
 )
+ONNX_ROW = "onnxruntime"  # inference only, --device cpu
 LEVER_ROWS: tuple[tuple[str, str, bool], ...] = (  # name, amp, channels_last
     ("ours_fp32", "none", False),
     ("ours_fp32_channels_last", "none", True),
@@ -102,7 +109,7 @@ class Row:
 
     name: str
     label: str
-    train_step: Callable[[], None]
+    train_step: Callable[[], None] | None  # None: an inference-only row (onnxruntime)
     infer_step: Callable[[], None]
     state_bytes: Callable[[], tuple[int, int]]  # (train: params + buffers + optimizer state, inference: params + buffers)
     settings: dict[str, Any]
@@ -247,6 +254,30 @@ def ours_row(
     )
 
 
+def onnx_row(cfg: Config, tv_state: dict[str, torch.Tensor], batch: Batch, path: Path) -> Row:
+    """The `ours_fp32` weights exported (static, this batch's shape) and run by onnxruntime on the CPU.
+
+    CPU execution provider, all graph optimizations, as many intra-op threads as torch uses. The
+    step is `OnnxDetector.run`: the graph (network, decoding, NMS) on the prepared batch.
+    """
+    import onnxruntime
+
+    model = build_model(cfg).eval()
+    load_torchvision_state_dict(model, tv_state)
+    categories = [{"id": i + 1, "name": str(i)} for i in range(NUM_CLASSES)]
+    metadata = ModelMetadata.from_config(cfg, categories, IMAGENET_MEAN, IMAGENET_STD)
+    export_onnx(model, build_postprocess(cfg), metadata, path, batch_size=batch.images.shape[0])
+    detector = OnnxDetector(path, threads=torch.get_num_threads())
+
+    def infer_step() -> None:
+        detector.run(batch.images, batch.image_sizes)
+
+    return Row(
+        ONNX_ROW, f"onnxruntime {onnxruntime.__version__} CPU fp32", None, infer_step, lambda: (0, model_bytes(model)),
+        {"amp": "none", "channels_last": False, "compiled": False, "onnx_opset": DEFAULT_OPSET},
+    )
+
+
 def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, int]:
     """Seconds of one call, and on CUDA the memory it allocated above what was resident before."""
     synchronize(device)
@@ -272,6 +303,8 @@ def run_rows(rows: list[Row], warmup: int, iters: int, device: torch.device) -> 
     """Interleaved rounds: each round one train step of every row, then one inference of every row."""
     for round_index in range(warmup + iters):
         for row in rows:
+            if row.train_step is None:
+                continue
             if round_index == 0 and not row.settings["compiled"]:
                 row.train_flops = count_flops(row.train_step)
                 continue
@@ -300,25 +333,25 @@ def peak_tflops(device: torch.device, override: float) -> float | None:
 
 
 def row_figures(row: Row, batch_size: int, device: torch.device, peak: float | None) -> dict[str, Any]:
-    train_s, infer_s = statistics.median(row.train_times), statistics.median(row.infer_times)
+    infer_s = statistics.median(row.infer_times)
     out: dict[str, Any] = {
         "label": row.label,
         **row.settings,
-        "train_step_s": train_s,
         "infer_step_s": infer_s,
-        "train_images_per_s": batch_size / train_s,
         "infer_images_per_s": batch_size / infer_s,
-        "train_step_s_min": min(row.train_times),  # on a busy machine noise only adds: the min is the cleaner figure
-        "infer_step_s_min": min(row.infer_times),
-        "train_step_s_all": row.train_times,
+        "infer_step_s_min": min(row.infer_times),  # on a busy machine noise only adds: the min is the cleaner figure
         "infer_step_s_all": row.infer_times,
     }
+    if row.train_times:
+        train_s = statistics.median(row.train_times)
+        out.update({"train_step_s": train_s, "train_images_per_s": batch_size / train_s,
+                    "train_step_s_min": min(row.train_times), "train_step_s_all": row.train_times})
     if row.train_flops:
         out["train_flops_per_step"] = row.train_flops
         out["train_tflops_per_s"] = row.train_flops / train_s / 1e12
         if peak:
             out["train_mfu"] = row.train_flops / train_s / (peak * 1e12)
-    if device.type == "cuda":
+    if device.type == "cuda" and row.train_times:
         train_state, infer_state = row.state_bytes()
         out["train_peak_memory_gb"] = (train_state + row.train_extra_bytes) / 1e9
         out["infer_peak_memory_gb"] = (infer_state + row.infer_extra_bytes) / 1e9
@@ -444,6 +477,10 @@ def format_table(report: dict[str, Any], names: list[str], device: torch.device)
     for name in names:
         row = report[name]
         label = row["label"] + ("  [ours]" if name == report["ours"]["row"] else "")
+        if "train_images_per_s" not in row:  # inference-only row
+            lines.append(f"{label:<36} {'-':>11} {row['infer_images_per_s']:>11.3f} {'-':>10} "
+                         f"{row['infer_images_per_s'] / tv['infer_images_per_s']:>10.2f}")
+            continue
         line = (
             f"{label:<36} {row['train_images_per_s']:>11.3f} {row['infer_images_per_s']:>11.3f} "
             f"{row['train_images_per_s'] / tv['train_images_per_s']:>10.2f} "
@@ -471,7 +508,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     amp = recommended_amp(device, args.amp)
     ours_name = next(name for name, a, cl in LEVER_ROWS if a == amp and cl)
     wanted = {r.strip() for r in args.rows.split(",") if r.strip()} or None
-    known = {"ours_compiled", *(name for name, _, _ in LEVER_ROWS)}
+    known = {"ours_compiled", ONNX_ROW, *(name for name, _, _ in LEVER_ROWS)}
     if wanted and not wanted <= known:
         raise SystemExit(f"--rows: unknown {sorted(wanted - known)}; choose from {sorted(known)}")
 
@@ -494,6 +531,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if args.compile and (wanted is None or "ours_compiled" in wanted):
             cfg = ours_config(args, backbone_weights, amp, True)
             rows.append(ours_row("ours_compiled", cfg, tv_state, batch, device, compiled=True))
+        if device.type == "cpu" and (wanted is None or ONNX_ROW in wanted):
+            rows.append(onnx_row(ours_config(args, backbone_weights, "none", False), tv_state, batch, tmp / "model.onnx"))
 
         report: dict[str, Any] = {"environment": environment(args, device, amp)}
         run_rows(rows, args.warmup, args.iters, device)
@@ -511,7 +550,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         tv_fig = report["torchvision"]
         for row in rows:
             fig = report[row.name]
-            fig["train_speedup_vs_torchvision"] = fig["train_images_per_s"] / tv_fig["train_images_per_s"]
+            if "train_images_per_s" in fig:
+                fig["train_speedup_vs_torchvision"] = fig["train_images_per_s"] / tv_fig["train_images_per_s"]
             fig["infer_speedup_vs_torchvision"] = fig["infer_images_per_s"] / tv_fig["infer_images_per_s"]
         report["ours"] = {"row": ours_name, **report[ours_name]}
         report["environment"]["peak_tflops"] = peak
