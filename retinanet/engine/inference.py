@@ -10,8 +10,11 @@ from torch import nn
 from retinanet.engine import distributed
 from retinanet.engine.runtime import autocast
 from retinanet.evaluation.evaluator import CocoEvaluator, detections_to_coco
+from retinanet.modeling.losses import DetectionLoss
 from retinanet.modeling.postprocess import PostProcess
 from retinanet.structures import Detections
+
+VAL_LOSS_KEYS = ("loss", "loss_cls", "loss_box")
 
 
 @torch.no_grad()
@@ -22,7 +25,7 @@ def predict(
     device: torch.device,
     amp: str = "none",
 ) -> Iterable[tuple[Any, list[Detections]]]:
-    """Yields (batch, detections in original-image pixels) for every batch of an evaluation loader."""
+    """Yields (batch, HeadOutputs, detections in original-image pixels) for every batch of an evaluation loader."""
     was_training = model.training
     model.eval()
     try:
@@ -31,7 +34,7 @@ def predict(
             with autocast(device, amp):
                 outputs = model(images)
             orig = [t.orig_size for t in batch.targets]
-            yield batch, postprocess(outputs, batch.image_sizes, orig)
+            yield batch, outputs, postprocess(outputs, batch.image_sizes, orig)
     finally:
         model.train(was_training)
 
@@ -45,8 +48,12 @@ def evaluate(
     device: torch.device,
     amp: str = "none",
     keep_images: int = 0,
+    criterion: DetectionLoss | None = None,
 ) -> tuple[dict[str, Any], list[dict], list[tuple[Any, Detections, Any]]]:
     """COCO metrics, the COCO result records, and up to `keep_images` (image, detections, target) for drawing.
+
+    With a `criterion`, the metrics also hold the val loss ("loss", "loss_cls", "loss_box": the mean
+    over val batches, from the same forward pass: the model returns the same outputs in both modes).
 
     Under torchrun `loader` holds this rank's contiguous shard of the val set: the records and image
     ids of all shards are gathered in rank order (the dataset's order), rank 0 runs the one COCO
@@ -58,7 +65,11 @@ def evaluate(
     results: list[dict] = []
     image_ids: list[int] = []
     kept: list[tuple[Any, Detections, Any]] = []
-    for batch, dets in predict(model, postprocess, loader, device, amp):
+    loss_sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_cls, loss_box, batches
+    for batch, outputs, dets in predict(model, postprocess, loader, device, amp):
+        if criterion is not None:
+            losses = criterion(outputs, [t.to(device) for t in batch.targets])
+            loss_sums += torch.tensor([float(losses[k]) for k in VAL_LOSS_KEYS] + [1.0], dtype=torch.float64)
         batch_records: list[dict] = []
         for i, (det, target) in enumerate(zip(dets, batch.targets)):
             det = Detections(det.boxes_xyxy.cpu(), det.scores.cpu(), det.labels.cpu())
@@ -71,12 +82,16 @@ def evaluate(
             evaluator.update(batch_records, image_ids=batch_ids)
         results.extend(batch_records)
         image_ids.extend(batch_ids)
+    val_loss = {}
+    if criterion is not None:
+        totals = distributed.all_reduce_sum(loss_sums).tolist()  # every rank's shard
+        val_loss = {k: totals[i] / max(1.0, totals[3]) for i, k in enumerate(VAL_LOSS_KEYS)}
     if not sharded:
-        return evaluator.compute(), results, kept
+        return {**evaluator.compute(), **val_loss}, results, kept
     shards = distributed.gather_object((results, image_ids))  # None except on rank 0
     metrics = None
     if shards is not None:
         results = [record for shard_records, _ in shards for record in shard_records]
         evaluator.update(results, image_ids=[i for _, shard_ids in shards for i in shard_ids])
         metrics = evaluator.compute()
-    return distributed.broadcast_object(metrics), results, kept
+    return {**distributed.broadcast_object(metrics), **val_loss}, results, kept

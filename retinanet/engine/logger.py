@@ -19,6 +19,7 @@ import numpy as np
 from retinanet.evaluation.evaluator import STAT_NAMES
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+METRICS_FILE = "metrics.jsonl"
 
 
 def setup_file_logging(path: Path) -> None:
@@ -35,6 +36,21 @@ def setup_file_logging(path: Path) -> None:
     logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The lines of a run's metrics.jsonl (what `RunLogger` writes), skipping a half-written last line."""
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def _finite(value: Any) -> bool:
@@ -117,7 +133,7 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._jsonl = open(self.output_dir / METRICS_FILE, "a", encoding="utf-8")
         self._writer = SummaryWriter(log_dir=str(self.output_dir))
 
     def _write_line(self, kind: str, step: int | None, payload: Mapping[str, Any]) -> None:
@@ -145,7 +161,7 @@ class RunLogger:
         payload = {key: value for key, value in metrics.items() if key != "per_class"}
         payload["per_class"] = {name: entry.get("AP") for name, entry in per_class.items()}
         self._write_line("eval", step, payload)
-        for name in STAT_NAMES:
+        for name in (*STAT_NAMES, "loss", "loss_cls", "loss_box"):  # the val loss, when it was computed
             value = metrics.get(name)
             if _finite(value):
                 self._writer.add_scalar(f"eval/{name}", float(value), step)

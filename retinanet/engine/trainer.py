@@ -37,13 +37,15 @@ from retinanet.engine.checkpoint import (
 )
 from retinanet.engine.ema import ModelEMA
 from retinanet.engine.inference import evaluate
-from retinanet.engine.logger import RunLogger, setup_file_logging
+from retinanet.engine.logger import METRICS_FILE, RunLogger, read_metrics, setup_file_logging
 from retinanet.engine.optim import build_optimizer, build_scheduler
 from retinanet.engine.run_folder import BEST, LAST, checkpoint_path, default_output_dir, prepare_run_folder
 from retinanet.engine.runtime import autocast, check_amp, place_model, resolve_device
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.model_card import finish_training_run
 from retinanet.evaluation.operating_point import IOU, class_scalars
+from retinanet.evaluation.report import training_figures
+from retinanet.evaluation.training_summary import plot_training_summary
 from retinanet.evaluation.visualize import draw_comparison
 from retinanet.modeling.losses import DetectionLoss
 from retinanet.modeling.model import build_criterion, build_model, build_postprocess
@@ -165,6 +167,7 @@ class Trainer:
     model: nn.Module  # the plain module: checkpoints and evaluation
     ddp_model: nn.Module  # what the step runs: `model`, or `model` wrapped in DDP
     criterion: DetectionLoss
+    val_criterion: DetectionLoss  # the val loss: this rank's batches, no EMA normalizer to move
     ema: ModelEMA | None  # train.ema_decay > 0: evaluated, kept in best.pt and described by the card
     postprocess: PostProcess
     optimizer: torch.optim.Optimizer
@@ -230,6 +233,8 @@ class Trainer:
             ),
             criterion=build_criterion(cfg, cfg.model.num_classes, distributed.all_reduce_sum if world > 1 else None,
                                       class_counts=train_set.class_box_counts()),
+            val_criterion=build_criterion(replace(cfg, **{"loss.normalizer_momentum": 0.0}), cfg.model.num_classes,
+                                          class_counts=train_set.class_box_counts()),
             ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None,
             postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
             scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
@@ -329,8 +334,8 @@ class Trainer:
         step, cfg = self.progress.iteration, self.cfg
         assert self.val_set is not None and self.val_loader is not None and self.evaluator is not None
         metrics, _, kept = evaluate(
-            self.eval_model, self.postprocess, self.val_loader, self.evaluator, self.val_set.category_map.category_ids, self.device,
-            cfg.train.amp, keep_images=cfg.eval.num_vis_images,
+            self.eval_model, self.postprocess, self.val_loader, self.evaluator, self.val_set.category_map.category_ids,
+            self.device, cfg.train.amp, keep_images=cfg.eval.num_vis_images, criterion=self.val_criterion,
         )
         self.metrics = metrics
         if self.main_process:
@@ -340,6 +345,8 @@ class Trainer:
             train_counts = dict(zip(self.train_set.category_map.category_ids, self.train_set.class_box_counts()))
             scalars = class_scalars(self.evaluator.matches(iou=IOU), metrics, train_box_counts=train_counts)
             self.logger.log_scalars(step, scalars, prefix="eval_classes", kind="eval_classes")
+            for tag, image in training_figures(self.evaluator).items():
+                self.logger.log_images(step, tag, [image])
             self.logger.log_images(step, "eval/predictions", self.draw(kept))
         log.info("iter %d: AP %.4f AP50 %.4f AP75 %.4f", step, metrics["AP"], metrics["AP50"], metrics["AP75"])
         p = self.progress
@@ -381,6 +388,7 @@ class Trainer:
         self.logger.close()
         if not self.main_process:
             return 0
+        plot_training_summary(read_metrics(self.out_dir / METRICS_FILE), self.out_dir / "results.png")
         data = {"train": self.train_set.summary(), "val": self.val_set.summary() if self.val_set is not None else None}
         card = finish_training_run(
             self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, self.progress.iteration,

@@ -31,7 +31,7 @@ from retinanet.data.loaders import DatasetError, build_dataset
 from retinanet.config import Config, ConfigError, LossConfig, load_config, replace, to_dict
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.operating_point import OperatingPointReport, load_report
-from retinanet.engine.logger import RunLogger, setup_file_logging
+from retinanet.engine.logger import RunLogger, read_metrics, setup_file_logging
 from retinanet.fileio import RunFileError
 
 log = logging.getLogger("retinanet.compare_losses")
@@ -259,15 +259,7 @@ def read_history(path: Path) -> tuple[dict[int, dict[str, Any]], int | None]:
     """
     evals: dict[int, dict[str, Any]] = {}
     skipped: int | None = None
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return evals, None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in read_metrics(path):
         step = record.get("step")
         if record.get("kind") == "eval" and isinstance(step, int):
             evals[step] = record
