@@ -6,6 +6,7 @@ faster than one after the other with two threads each. Running it again reuses t
 runs in runs/demo."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ OUTPUT = "runs/demo"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     start = time.time()
     os.chdir(REPO)  # the config's dataset paths are relative to the repository
     make_dataset(REPO / "data" / "synthetic", seed=0, num_train=3000, num_val=300, image_size=128)

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from retinanet.data.loaders import DatasetError, build_dataset
+from retinanet.data.stats import class_counts
 from retinanet.config import Config, ConfigError, LossConfig, load_config, replace, to_dict
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.operating_point import OperatingPointReport, load_report
@@ -313,8 +314,7 @@ def rarest_class(annotations: str, source: str) -> tuple[int, str, int] | None:
         raise ConfigError(f"{source}: data.train.annotations: cannot read {annotations} ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{annotations}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    counts = Counter(a.get("category_id") for a in data.get("annotations", []) if not a.get("iscrowd"))
-    present = sorted((counts[c["id"]], c["id"], c["name"]) for c in data.get("categories", []) if counts[c["id"]])
+    present = sorted((c.boxes, c.id, c.name) for c in class_counts(data) if c.boxes)
     if not present:
         return None
     count, category_id, name = present[0]
