@@ -1,34 +1,14 @@
-"""Shared fixtures: tiny models and configs that run in well under a second on 2 CPU cores."""
+"""Shared fixtures: tiny models and configs that run in well under a second (helpers: tests/helpers.py)."""
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from pycocotools.coco import COCO
 
-from retinanet.cli import train
 from retinanet.config import Config, load_config
 from retinanet.data.synthetic import make_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
-
-TINY_OVERRIDES = [
-    "model.backbone.name=resnet18",
-    "model.backbone.weights=none",
-    "model.backbone.norm=bn",
-    "model.fpn.channels=32",
-    "model.head.channels=32",
-    "model.head.num_convs=2",
-    "model.head.norm=gn",
-    "model.anchors.sizes=[16,32,64,128,256]",
-    "input.min_size=[128]",
-    "input.max_size=160",
-]
+from tests.helpers import TINY_OVERRIDES, run_train, synthetic_overrides
 
 
 @pytest.fixture(autouse=True)
@@ -41,45 +21,11 @@ def tiny_cfg() -> Config:
     return load_config(None, TINY_OVERRIDES)
 
 
-TINY_MODEL = [
-    "model.backbone.name=resnet18",
-    "model.fpn.channels=32",
-    "model.head.channels=32",
-    "model.head.num_convs=1",
-    "model.head.norm=none",
-    "data.num_workers=0",
-    "train.batch_size=4",
-    "train.log_every=1",
-    "train.warmup_iters=0",
-    "train.schedule=constant",
-    "eval.batch_size=8",
-    "eval.num_vis_images=2",
-]
-
-
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     make_dataset(root, seed=1, num_train=16, num_val=8, image_size=64)
     return root
-
-
-def synthetic_overrides(root: Path) -> list[str]:
-    return [
-        f"data.train.images={root / 'train'}",
-        f"data.train.annotations={root / 'annotations' / 'instances_train.json'}",
-        f"data.val.images={root / 'val'}",
-        f"data.val.annotations={root / 'annotations' / 'instances_val.json'}",
-        "input.min_size=[64]",
-        "input.max_size=64",
-        *TINY_MODEL,
-    ]
-
-
-def run_train(out: Path, overrides: list[str], resume: bool = False) -> int:
-    args = ["--config", str(REPO / "configs" / "demo_cpu.yaml"), "--output-dir", str(out)]
-    args += ["--set", *overrides] if overrides else []
-    return train.main(args + (["--resume"] if resume else []))
 
 
 @pytest.fixture(scope="session")
@@ -90,10 +36,10 @@ def trained_run(synthetic, tmp_path_factory) -> Path:
     return out
 
 
-def make_coco(dataset: dict[str, Any]) -> COCO:
-    """A pycocotools COCO from an in-memory dataset dict, without its index-building chatter."""
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that train on the synthetic set are end to end: mark them slow (`make test-fast` skips them)."""
+    for item in items:
+        if {"synthetic", "trained_run"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -14,7 +14,7 @@ import yaml
 from retinanet.cli import evaluate
 from retinanet.cli import predict as predict_cli
 from retinanet.config import load_config
-from tests.conftest import REPO, SHARED_TINY_COCO, TINY_MODEL, run_train, synthetic_overrides
+from tests.helpers import REPO, SHARED_TINY_COCO, TINY_MODEL, run_train, synthetic_overrides
 
 def test_run_folder_contents(trained_run: Path) -> None:
     for name in ("config.yaml", "train.log", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):

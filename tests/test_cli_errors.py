@@ -9,7 +9,7 @@ import pytest
 from retinanet.cli import evaluate
 from retinanet.cli import train
 from retinanet.cli.common import run_cli
-from tests.conftest import REPO, synthetic_overrides
+from tests.helpers import REPO, synthetic_overrides
 
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
 

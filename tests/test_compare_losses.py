@@ -20,7 +20,7 @@ from retinanet.cli import evaluate
 from retinanet.cli import train
 from retinanet.config import ConfigError
 from retinanet.cli.common import USER_ERRORS
-from tests.conftest import REPO, synthetic_overrides
+from tests.helpers import REPO, synthetic_overrides
 
 from retinanet.cli import compare_losses as compare_cli
 from retinanet.studies import compare_losses as compare

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from retinanet.config import Config, ConfigError, load_config, parse_overrides, replace, save_config, to_dict
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _write(path: Path, text: str) -> Path:

@@ -17,7 +17,7 @@ from retinanet.data.previews import training_previews
 from retinanet.data.stats import class_counts
 from retinanet.modeling.anchors import AnchorGenerator, sizes_per_level
 from retinanet.modeling.preprocess import prepare_batch, to_float_chw
-from tests.conftest import synthetic_overrides
+from tests.helpers import synthetic_overrides
 
 # One square anchor per level (16, 32, 64, 128, 256 px at strides 8 .. 128), 128 px inputs.
 ONE_ANCHOR = ["model.anchors.sizes=[16,32,64,128,256]", "model.anchors.scales=[1.0]", "model.anchors.ratios=[1.0]",

@@ -21,11 +21,13 @@ from retinanet.config import ConfigError, load_config
 from retinanet.evaluation.evaluator import STAT_NAMES
 from retinanet.modeling.model import build_criterion, build_model
 from retinanet.structures import Target
-from tests.conftest import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
+from tests.helpers import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
-)
+pytestmark = [
+    pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                       reason="torch.distributed with gloo is not available"),
+    pytest.mark.slow,
+]
 
 # GroupNorm everywhere: per-rank BatchNorm statistics would differ from the single-process batch's.
 # SGD: AdamW's first step is sign(grad), which turns float noise in near-zero gradients into lr-sized steps.

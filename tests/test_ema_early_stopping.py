@@ -12,7 +12,7 @@ from torch import nn
 from retinanet.engine import trainer as trainer_module
 from retinanet.engine.checkpoint import Checkpoint
 from retinanet.engine.ema import ModelEMA
-from tests.conftest import run_train, synthetic_overrides
+from tests.helpers import run_train, synthetic_overrides
 
 
 def test_ema_equals_the_hand_computed_average() -> None:

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from retinanet.config import ConfigError, load_config
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator
-from tests.conftest import SHARED_TINY_COCO
+from tests.helpers import SHARED_TINY_COCO
 
 requires_faster_coco_eval = pytest.mark.skipif(
     importlib.util.find_spec("faster_coco_eval") is None,

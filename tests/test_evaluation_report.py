@@ -15,7 +15,7 @@ from retinanet.evaluation.evaluator import ClassMatches, CocoEvaluator
 from retinanet.evaluation.per_image import group_by_image
 from retinanet.evaluation.report import Thresholds, fixed_thresholds, training_figures, write_report
 from retinanet.evaluation.training_summary import plot_training_summary, series
-from tests.conftest import make_coco
+from tests.helpers import make_coco
 
 
 def coco_of(anns: list[tuple], categories: list[tuple[int, str]], num_images: int = 1):
@@ -322,7 +322,7 @@ def test_evaluate_writes_the_report(trained_run: Path, synthetic: Path, tmp_path
     import shutil
 
     from retinanet.cli import evaluate
-    from tests.conftest import REPO, synthetic_overrides
+    from tests.helpers import REPO, synthetic_overrides
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, detections_to_coco, format_metrics_table
 from retinanet.structures import Detections
-from tests.conftest import make_coco
+from tests.helpers import make_coco
 
 TINY_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_coco"
 

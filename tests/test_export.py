@@ -29,7 +29,7 @@ from retinanet.modeling.export import METADATA_FORMAT, class_nms
 from retinanet.modeling.model import build_model, build_postprocess
 from retinanet.modeling.onnx_detector import OnnxDetector
 from retinanet.modeling.preprocess import prepare_images
-from tests.conftest import REPO, synthetic_overrides
+from tests.helpers import REPO, synthetic_overrides
 
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
 CAP = 10  # detections_per_img of the test model: several photos reach it

@@ -15,7 +15,7 @@ from retinanet.data.coco import load_image
 from retinanet.data.collate import collate
 from retinanet.data.loaders import build_dataset
 from retinanet.modeling.detector import Detector
-from tests.conftest import REPO, TINY_MODEL, run_train
+from tests.helpers import REPO, TINY_MODEL, run_train
 
 SAMPLE = REPO / "data" / "sample"
 SAMPLE_SETS = [
@@ -63,6 +63,7 @@ def test_train_eval_and_detector_inputs_are_identical(batch_size: int) -> None:
         assert torch.equal(uint8_images, det_images)
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_give_the_same_detections(tmp_path: Path) -> None:
     thresh = 0.045  # a near-untrained head with prior 0.05 scores about 0.05: many detections pass
     run = tmp_path / "run"

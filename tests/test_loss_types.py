@@ -11,7 +11,7 @@ from retinanet.modeling.losses import DetectionLoss, sigmoid_focal_loss
 from retinanet.modeling.matcher import Matcher
 from retinanet.modeling.model import build_criterion
 from retinanet.structures import HeadOutputs, Target
-from tests.conftest import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES
 
 ANCHORS = torch.tensor(
     [[0, 0, 10, 10], [0, 0, 20, 20], [30, 30, 40, 40], [50, 50, 60, 60], [5, 0, 15, 10], [100, 100, 110, 110]],

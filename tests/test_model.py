@@ -6,7 +6,7 @@ import torch
 from retinanet import Detector, build_criterion, build_model
 from retinanet.config import load_config
 from retinanet.structures import Target
-from tests.conftest import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES
 
 
 def test_same_outputs_in_train_and_eval(tiny_cfg) -> None:

@@ -23,7 +23,7 @@ from retinanet.evaluation.operating_point import (
     keep_mask,
     search,
 )
-from tests.conftest import REPO, make_coco, synthetic_overrides
+from tests.helpers import REPO, make_coco, synthetic_overrides
 
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
 

@@ -23,7 +23,7 @@ from retinanet.modeling.matcher import Matcher
 from retinanet.modeling.model import build_criterion
 from retinanet.structures import HeadOutputs, Target
 from retinanet.studies import compare_losses as compare
-from tests.conftest import REPO, synthetic_overrides
+from tests.helpers import REPO, synthetic_overrides
 
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
 

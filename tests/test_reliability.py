@@ -18,7 +18,7 @@ from retinanet.engine.checkpoint import CheckpointError, load_checkpoint, load_f
 from retinanet.fileio import write_text_atomic
 from retinanet.modeling.losses import DetectionLoss
 from retinanet.modeling.model import build_model
-from tests.conftest import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
+from tests.helpers import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
 
 
 def test_checkpoint_write_is_atomic_and_keeps_previous(tmp_path: Path, monkeypatch) -> None:

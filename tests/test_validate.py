@@ -26,7 +26,7 @@ from retinanet.config import ConfigError, load_config
 from retinanet.evaluation.evaluator import CocoEvaluator, detections_to_coco
 from retinanet.structures import Detections
 from retinanet.cli import check_dataset as check_dataset_cli
-from tests.conftest import REPO, SHARED_TINY_COCO
+from tests.helpers import REPO, SHARED_TINY_COCO
 
 CLEAN: dict[str, Any] = {
     "images": [
