@@ -5,38 +5,7 @@ data-loading and COCO-evaluation time. Prints a table and writes JSON.
         [--iters 5] [--warmup 1] [--workers 2] [--amp auto|none|bf16] [--compile] [--rows LEVER,...]
         [--loader-batches 20] [--eval-images 300] [--peak-tflops T] [--json FILE]
 
-Every row sees the same random size x size images with 1-8 random boxes each, and the same weights
-(torchvision's random init, copied into ours). Both models are set up as for fine-tuning from
-ImageNet: frozen BatchNorm, stem and layer1 frozen (torchvision's trainable_backbone_layers=3), P6
-from P5 (torchvision v1), 256-channel 4-conv heads, 80 classes.
-
-- `torchvision`: `torchvision.models.detection.RetinaNet` as `retinanet_resnet50_fpn` builds it with a
-  backbone checkpoint (min_size = max_size = size, so its transform does not resize), fp32, default
-  memory format, SGD momentum 0.9 (its references). Train step: model(images, targets), losses
-  summed, backward, step. Inference: model.eval()(images). Its transform normalizes inside the step;
-  ours does that in the data loader (`loader` row).
-- `ours_*`: build_model / build_criterion / build_postprocess from the paper's recipe config, the
-  optimizer of `engine.build_optimizer` (fused SGD), `engine.autocast` and `engine.place_model`.
-  Train step: `engine.trainer.train_step`, the step training runs. Inference: `engine.predict` (forward and
-  the batched PostProcess). One row per lever: fp32 or bf16 autocast, NCHW or channels_last, and
-  with --compile torch.compile on the recommended setting.
-- `ours`: the recommended setting, channels_last plus `--amp` (auto: bf16 on CUDA and on CPUs with
-  AMX; fp32 on other CPUs, where oneDNN's bf16 convolutions are slower than fp32 ones).
-- `onnxruntime` (--device cpu, inference only): the `ours_fp32` weights exported by
-  `modeling.export.export_onnx` (static graph, NMS inside) and run by onnxruntime's CPU execution
-  provider with all graph optimizations, on the same prepared batch and as many threads as torch.
-
-Timing interleaves the rows: every round runs one train step of each row, then one inference of
-each, so load from other processes spreads over all rows alike. A figure is the median over
-`--iters` rounds after `--warmup` rounds (CUDA synchronized around every step). The first warm-up
-train step counts FLOPs (torch.utils.flop_counter, forward + backward); on CUDA the table adds MFU
-against the GPU's dense bf16 peak and the peak memory of a step (model and optimizer state plus
-what the step allocates).
-
-`loader`: images/s of `data.loaders.build_train_loader` with `--workers` workers over a synthetic
-set at size x size (PNG decode, flip, resize, normalize, pad), from the first batch to the last.
-`coco_eval`: seconds for `CocoEvaluator` update + compute on 100 generated detections per image
-of a synthetic val set, per backend (pycocotools, faster-coco-eval when installed).
+The rows and how each is set up: `retinanet/studies/benchmark.py`; measured figures: docs/benchmark.md.
 """
 from __future__ import annotations
 
