@@ -51,7 +51,7 @@ def test_five_sgd_steps_end_with_torchvisions_weights() -> None:
         tv_sgd.zero_grad()
         tv_loss = sum(tv([image], [{"boxes": boxes, "labels": labels}]).values())
         tv_loss.backward()
-        tv_loss = float(tv_loss)
+        tv_loss = float(tv_loss.detach())
         tv_sgd.step()
         stats = train_step(model, criterion, our_sgd, scaler, [batch], StepOptions(CPU))
         assert stats.finite and stats.num_pos > 3
