@@ -15,11 +15,15 @@ from P5 (torchvision v1), 256-channel 4-conv heads, 80 classes.
   memory format, SGD momentum 0.9 (its references). Train step: model(images, targets), losses
   summed, backward, step. Inference: model.eval()(images). Its transform normalizes inside the step;
   ours does that in the data loader (`loader` row).
+- `torchvision_best`: the same torchvision model at its own best on this hardware, what a torchvision
+  user gets in two lines: bf16 autocast where the hardware has bf16 units (CUDA, AMX; fp32 elsewhere),
+  channels_last, and torch.compile with --compile. The table gives every row against both.
 - `ours_*`: build_model / build_criterion / build_postprocess from the paper's recipe config, the
   optimizer of `engine.build_optimizer` (fused SGD), `engine.autocast` and `engine.place_model`.
   Train step: `engine.trainer.train_step`, the step training runs. Inference: `engine.predict` (forward and
   the batched PostProcess). One row per lever: fp32 or bf16 autocast, NCHW or channels_last, and
-  with --compile torch.compile on the recommended setting.
+  with --compile torch.compile on the recommended setting (its JSON adds compile_s and
+  compile_break_even_steps: the train steps whose gain over `ours` repays the compile).
 - `ours`: the recommended setting, channels_last plus `--amp` (auto: bf16 on CUDA and on CPUs with
   AMX; fp32 on other CPUs, where oneDNN's bf16 convolutions are slower than fp32 ones).
 

@@ -29,7 +29,7 @@ from PIL import Image
 from retinanet.data.coco import load_image
 from retinanet.modeling.detector import Detector
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
-from retinanet.engine.runtime import place_model, resolve_device
+from retinanet.engine.runtime import autocast, place_model, resolve_amp, resolve_device
 from retinanet.evaluation.drift import check_drift, format_drift
 from retinanet.evaluation.model_card import load_model_card
 from retinanet.evaluation.operating_point import FILE_NAME, keep_mask, load_report, thresholds_for
@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     load_model_weights(detector.model, ckpt.model, ckpt_path)
     detector.model = place_model(detector.model, device, cfg.train.channels_last)  # as evaluate.py places it
     detector.eval()
+    amp, why = resolve_amp(cfg.train.amp, device)  # the checkpoint's train.amp, resolved for this machine
+    if amp == "fp16" and device.type != "cuda":
+        amp, why = "none", f"the checkpoint's train.amp=fp16 needs CUDA; fp32 on {device}"
+    print(f"mixed precision {amp} ({why})")
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     per_image: list[int] = []
     for image_id, path in enumerate(list_images(Path(args.input))):
         image = load_image(path)
-        det = detector([torch.from_numpy(image).permute(2, 0, 1)])[0]  # uint8 (3, H, W): no float round trip
+        with autocast(device, amp):
+            det = detector([torch.from_numpy(image).permute(2, 0, 1)])[0]  # uint8 (3, H, W): no float round trip
         all_scores += det["scores"].tolist()
         per_image.append(int(det["scores"].numel()))
         keep = keep_mask(det["scores"], det["labels"], thresholds)
