@@ -125,6 +125,28 @@ def test_compile_config_values() -> None:
         load_config(None, ["train.compile=yes please"])
 
 
+def test_compiled_model_stops_recompiling_over_many_input_sizes() -> None:
+    """Dynamo's graph capture (backend eager: no kernels, fast) over 7 padded sizes in train and eval mode:
+    the graphs stop growing once sizes are dynamic, and never reach the limit where dynamo runs eager."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = compile_model(build_model(load_config(None, TINY_OVERRIDES + ["model.num_classes=5"])), backend="eager")
+    sizes = [(128, 128), (128, 256), (256, 128), (256, 256), (256, 384), (384, 256), (384, 384)]
+    graphs = []
+    with torch.no_grad():
+        for train in (True, False):
+            model.train(train)
+            for h, w in sizes:
+                model(torch.rand(2, 3, h, w))
+                graphs.append(counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+    train_graphs, eval_graphs = graphs[:7], graphs[7:]
+    assert train_graphs[3:] == [train_graphs[3]] * 4 and eval_graphs[3:] == [eval_graphs[3]] * 4
+    assert eval_graphs[-1] - train_graphs[-1] <= 12  # eval mode compiled too (at most 4 per part)
+
+
 def _batch(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     items = []

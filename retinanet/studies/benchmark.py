@@ -74,7 +74,7 @@ from retinanet.data.loaders import build_dataset, build_train_loader
 from retinanet.data.synthetic import make_dataset
 from retinanet.modeling.compat import load_torchvision_state_dict
 from retinanet.config import Config, ConfigError, load_config
-from retinanet.engine.runtime import autocast, place_model, resolve_amp
+from retinanet.engine.runtime import autocast, compile_model, place_model, resolve_amp
 from retinanet.engine.optim import build_optimizer
 from retinanet.engine.inference import predict
 from retinanet.engine.trainer import StepOptions, train_step
@@ -240,7 +240,7 @@ def ours_row(
     model = build_model(cfg)
     load_torchvision_state_dict(model, tv_state)
     model = place_model(model, device, cfg.train.channels_last)
-    net = torch.compile(model) if compiled else model
+    net = compile_model(model) if compiled else model  # as training compiles it
     criterion = build_criterion(cfg, NUM_CLASSES)
     postprocess = build_postprocess(cfg)
     optimizer = build_optimizer(cfg.train, model)
