@@ -253,7 +253,12 @@ class TrainConfig:
     # Max global grad norm; 0 turns clipping off.
     grad_clip: float = 0.0
     accumulate_steps: int = 1
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # Autocast of the forward pass (losses stay float32). auto: bf16 on CUDA devices with bf16 and on
+    # CPUs with AMX, fp32 (none) elsewhere, where bf16 convolutions are slower (engine.runtime.resolve_amp).
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    # torch.compile of the model for training and evaluation. auto: on where its per-step gain repays
+    # the compile time within the run (engine.runtime.resolve_compile), off elsewhere.
+    compile: Literal["auto", "true", "false"] = "auto"
     # NHWC activations: faster convolutions with oneDNN (CPU) and cuDNN tensor cores (GPU).
     channels_last: bool = True
     device: str = "auto"
@@ -423,6 +428,8 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         return _build(tp, value, key + ".", source)
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and str(value).lower() in choices:  # YAML reads `true` as a boolean
+            value = str(value).lower()
         if value not in choices:
             hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             extra = f"; did you mean '{hint[0]}'?" if hint else ""

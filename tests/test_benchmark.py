@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from retinanet.cli import benchmark
+from retinanet.engine.runtime import resolve_amp
 
 
 def test_benchmark_writes_positive_figures(tmp_path: Path, capsys) -> None:
@@ -22,11 +23,16 @@ def test_benchmark_writes_positive_figures(tmp_path: Path, capsys) -> None:
     finally:
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
-    for row in ("ours", "torchvision", "ours_fp32"):
+    for row in ("ours", "torchvision", "torchvision_best", "ours_fp32"):
         for key in ("train_images_per_s", "infer_images_per_s", "train_flops_per_step"):
             assert report[row][key] > 0, (row, key)
     assert report["ours"]["row"] in report and report["ours"]["channels_last"] is True
     assert report["ours_fp32"]["amp"] == "none" and report["ours_fp32"]["channels_last"] is False
+    best = report["torchvision_best"]  # torchvision at its own best here: what auto picks, channels_last
+    assert best["amp"] == resolve_amp("auto", torch.device("cpu"))[0] and best["channels_last"] is True
+    assert best["compiled"] is False
+    assert report["ours"]["train_speedup_vs_torchvision_best"] == (
+        report["ours"]["train_images_per_s"] / best["train_images_per_s"])
     assert report["loader"]["images_per_s"] > 0
     assert report["coco_eval"]["pycocotools_s"] > 0
     if importlib.util.find_spec("faster_coco_eval") is not None:

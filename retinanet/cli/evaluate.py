@@ -33,7 +33,7 @@ from retinanet.config import Config, ConfigError, load_config, replace
 from retinanet.fileio import RunFileError
 from retinanet.modeling.onnx_detector import OnnxDetector
 from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from retinanet.engine.runtime import check_amp, place_model, resolve_device
+from retinanet.engine.runtime import check_amp, place_model, resolve_amp, resolve_device
 from retinanet.engine.inference import evaluate
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
 from retinanet.cli.common import run_cli
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_path = Path(args.checkpoint)
         device = resolve_device(cfg.train.device)
         check_amp(cfg.train.amp, device, args.config)
+        amp, why = resolve_amp(cfg.train.amp, device)
+        log.info("mixed precision %s (%s)", amp, why)
         ckpt = Checkpoint.load(ckpt_path)
         ckpt_ids = ckpt.category_ids
         if ckpt_ids and ckpt_ids != val_set.category_map.category_ids:
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         load_model_weights(model, ckpt.inference_weights, ckpt_path)
         metrics, results, _ = evaluate(
             model, build_postprocess(cfg), build_val_loader(cfg, val_set), evaluator,
-            val_set.category_map.category_ids, device, cfg.train.amp,
+            val_set.category_map.category_ids, device, amp,
         )
         (out_dir / "detections.json").write_text(json.dumps(results))
         log.info("wrote %d detections to %s", len(results), out_dir / "detections.json")

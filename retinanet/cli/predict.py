@@ -32,7 +32,7 @@ from retinanet.data.coco import load_image
 from retinanet.modeling.detector import Detector
 from retinanet.modeling.onnx_detector import OnnxDetector
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
-from retinanet.engine.runtime import place_model, resolve_device
+from retinanet.engine.runtime import autocast, place_model, resolve_amp, resolve_device
 from retinanet.evaluation.drift import check_drift, format_drift
 from retinanet.evaluation.model_card import load_model_card
 from retinanet.evaluation.operating_point import (
@@ -104,8 +104,8 @@ def choose_thresholds(
     return values, note
 
 
-def load_checkpoint_model(ckpt_path: Path, device_name: str) -> tuple[Detector, list[dict], tuple]:
-    """The PyTorch Detector, its categories, and where its operating point is (choose_thresholds' arguments)."""
+def load_checkpoint_model(ckpt_path: Path, device_name: str) -> tuple[Callable, list[dict], tuple]:
+    """The PyTorch Detector (under the run's resolved autocast), its categories, and where its operating point is."""
     ckpt = Checkpoint.load(ckpt_path)
     cfg = ckpt.build_config(f"{ckpt_path} (config)")
     device = resolve_device(device_name)
@@ -113,9 +113,18 @@ def load_checkpoint_model(ckpt_path: Path, device_name: str) -> tuple[Detector, 
     load_model_weights(detector.model, ckpt.inference_weights, ckpt_path)
     detector.model = place_model(detector.model, device, cfg.train.channels_last)  # as evaluate.py places it
     detector.eval()
+    amp, why = resolve_amp(cfg.train.amp, device)  # the checkpoint's train.amp, resolved for this machine
+    if amp == "fp16" and device.type != "cuda":
+        amp, why = "none", f"the checkpoint's train.amp=fp16 needs CUDA; fp32 on {device}"
+    print(f"mixed precision {amp} ({why})")
     run_dir = ckpt_path.parent.parent
     source = (lambda: load_report(run_dir), str(run_dir / FILE_NAME), f"no {FILE_NAME} in {run_dir}", ckpt.iteration)
-    return detector, ckpt.categories, source
+
+    def detect(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        with autocast(device, amp):
+            return detector(images)
+
+    return detect, ckpt.categories, source
 
 
 def load_onnx_model(path: Path) -> tuple[OnnxDetector, list[dict], tuple]:

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +24,93 @@ def check_amp(amp: str, device: torch.device, source: str) -> None:
     """bf16 works on CPU and GPU; fp16 needs a GPU (and a GradScaler). Checked once at start-up."""
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"{source}: train.amp: fp16 needs a CUDA device, this run is on {device}; use bf16")
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """AMX tiles with bf16 (Intel Sapphire Rapids and later): the kernel's CPU flag, else torch's own probe."""
+    try:
+        if re.search(r"\bamx_bf16\b", cpuinfo.read_text()):
+            return True
+    except OSError:
+        pass
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """`train.amp` -> ("none" | "bf16" | "fp16", why). auto picks bf16 only where the hardware has bf16
+    matrix units: on a CPU without AMX oneDNN's bf16 convolutions are slower than fp32 ones."""
+    if amp != "auto":
+        return amp, f"train.amp={amp} as configured"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", f"auto: CUDA device {name} has bf16 tensor cores"
+        return "none", f"auto: CUDA device {name} has no native bf16 (compute capability < 8.0), fp32"
+    if device.type == "cpu":
+        if cpu_has_amx():
+            return "bf16", "auto: the CPU has AMX (amx_bf16)"
+        return "none", "auto: the CPU has no AMX, where bf16 convolutions are slower than fp32; fp32"
+    return "none", f"auto: no bf16 rule for device {device}, fp32"
+
+
+# Iterations after which torch.compile has repaid its compile time, where it gains per step at all
+# (CUDA; CPUs with AMX running bf16). Measured: docs/speed.md.
+COMPILE_BREAK_EVEN_ITERS = 2000
+
+
+def resolve_compile(compile: str, device: torch.device, amp: str, max_iters: int) -> tuple[bool, str]:
+    """`train.compile` -> (on, why). auto compiles where a step gains and the run is long enough to repay
+    the compile (minutes on a CPU); an fp32 step on a CPU without AMX gains too little to ever repay it."""
+    if compile != "auto":
+        return compile == "true", f"train.compile={compile} as configured"
+    if device.type == "cpu" and shutil.which("c++") is None and shutil.which("g++") is None:
+        return False, "auto: no C++ compiler on PATH for torch.compile's CPU kernels; eager"
+    gains = device.type == "cuda" or (device.type == "cpu" and amp == "bf16" and cpu_has_amx())
+    if not gains:
+        return False, f"auto: a {amp if amp != 'none' else 'fp32'} step on {device.type} without AMX gains too little to repay the compile time; eager"
+    if max_iters < COMPILE_BREAK_EVEN_ITERS:
+        return False, (f"auto: {max_iters} iterations are fewer than the {COMPILE_BREAK_EVEN_ITERS} that repay "
+                       "the compile time; eager")
+    return True, f"auto: {max_iters} iterations repay the compile time (break-even about {COMPILE_BREAK_EVEN_ITERS})"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What `auto` resolved to on this machine, and why: the log line and the model card say it."""
+
+    amp: str  # "none" | "bf16" | "fp16"
+    amp_reason: str
+    compile: bool
+    compile_reason: str
+
+    def describe(self) -> str:
+        return (f"mixed precision {self.amp} ({self.amp_reason}); torch.compile {'on' if self.compile else 'off'} "
+                f"({self.compile_reason})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_runtime(amp: str, compile: str, device: torch.device, max_iters: int) -> Runtime:
+    """`train.amp` and `train.compile` resolved once for a run."""
+    amp_choice, amp_reason = resolve_amp(amp, device)
+    on, compile_reason = resolve_compile(compile, device, amp_choice, max_iters)
+    return Runtime(amp_choice, amp_reason, on, compile_reason)
+
+
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """torch.compile of the dense part (backbone, FPN, head) in place (`nn.Module.compile`).
+
+    In place: the state dict keeps plain keys (no `_orig_mod.`) and DDP wraps the module as before.
+    The anchor generator stays eager: its per-shape cache made dynamo recompile the whole model for
+    every new input size until its limit of 8, after which it silently ran eager (evaluation included).
+    The dense part under dynamo's automatic dynamic shapes recompiles when a size first changes and
+    then reuses the dynamic graph: at most 4 graphs per part and mode over any number of padded sizes
+    (multi-scale training, aspect-ratio groups), where dynamic=False compiled one per size (docs/speed.md).
+    """
+    for part in (model.backbone, model.fpn, model.head):
+        part.compile(backend=backend)
+    return model
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

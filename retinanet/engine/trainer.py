@@ -40,7 +40,7 @@ from retinanet.engine.inference import evaluate
 from retinanet.engine.logger import METRICS_FILE, RunLogger, read_metrics, setup_file_logging
 from retinanet.engine.optim import build_optimizer, build_scheduler
 from retinanet.engine.run_folder import BEST, LAST, checkpoint_path, default_output_dir, prepare_run_folder
-from retinanet.engine.runtime import autocast, check_amp, place_model, resolve_device
+from retinanet.engine.runtime import Runtime, autocast, check_amp, compile_model, place_model, resolve_device, resolve_runtime
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.model_card import finish_training_run
 from retinanet.evaluation.operating_point import IOU, class_scalars
@@ -164,7 +164,8 @@ class Trainer:
     source: str  # the config file, for error messages
     out_dir: Path
     device: torch.device
-    model: nn.Module  # the plain module: checkpoints and evaluation
+    runtime: Runtime  # train.amp and train.compile as resolved on this machine
+    model: nn.Module  # the plain module (compiled in place when runtime.compile): checkpoints and evaluation
     ddp_model: nn.Module  # what the step runs: `model`, or `model` wrapped in DDP
     criterion: DetectionLoss
     val_criterion: DetectionLoss  # the val loss: this rank's batches, no EMA normalizer to move
@@ -188,7 +189,7 @@ class Trainer:
 
     @property
     def step_options(self) -> StepOptions:
-        return StepOptions(self.device, self.cfg.train.amp, self.cfg.train.grad_clip, distributed.get_world_size())
+        return StepOptions(self.device, self.runtime.amp, self.cfg.train.grad_clip, distributed.get_world_size())
 
     @classmethod
     def build(cls, config: str, overrides: Sequence[str], output_dir: str | None, resume: bool) -> "Trainer":
@@ -224,9 +225,13 @@ class Trainer:
         if cfg.train.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = place_model(model, device, cfg.train.channels_last)
+        runtime = resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters)
+        log.info("runtime: %s", runtime.describe())
+        if runtime.compile:
+            model = compile_model(model)
         optimizer = build_optimizer(cfg.train, model)
         trainer = cls(
-            cfg=cfg, source=config, out_dir=out_dir, device=device, model=model,
+            cfg=cfg, source=config, out_dir=out_dir, device=device, runtime=runtime, model=model,
             ddp_model=model if world == 1 else DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
                 broadcast_buffers=cfg.model.backbone.norm == "bn",  # frozen BN and GN buffers never change
@@ -237,7 +242,7 @@ class Trainer:
                                           class_counts=train_set.class_box_counts()),
             ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None,
             postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
-            scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
+            scaler=torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16"),
             train_set=train_set, val_set=val_set,
             val_loader=build_val_loader(cfg, val_set, distributed.get_rank(), world) if val_set is not None else None,
             evaluator=(CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)  # per-class recall
@@ -335,7 +340,7 @@ class Trainer:
         assert self.val_set is not None and self.val_loader is not None and self.evaluator is not None
         metrics, _, kept = evaluate(
             self.eval_model, self.postprocess, self.val_loader, self.evaluator, self.val_set.category_map.category_ids,
-            self.device, cfg.train.amp, keep_images=cfg.eval.num_vis_images, criterion=self.val_criterion,
+            self.device, self.runtime.amp, keep_images=cfg.eval.num_vis_images, criterion=self.val_criterion,
         )
         self.metrics = metrics
         if self.main_process:
@@ -393,6 +398,7 @@ class Trainer:
         card = finish_training_run(
             self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, self.progress.iteration,
             self.progress.train_seconds, self.device, world_size=distributed.get_world_size(),
+            runtime=self.runtime.to_dict(),
         )
         log.info("model card: %s", card)
         log.info("done: %d iterations in %.0fs of training; run folder %s", self.progress.iteration,

@@ -44,6 +44,8 @@ class ModelCard:
     operating_point: dict[str, Any] | None = None  # operating_point.json content
     written_by: str = "train.py"
     score_distribution: dict[str, Any] | None = None  # drift.score_distribution of the val evaluation
+    # train.amp / train.compile as resolved on the training machine: amp, amp_reason, compile, compile_reason
+    runtime: dict[str, Any] | None = None
 
 
 def cpu_name() -> str:
@@ -116,11 +118,13 @@ def finish_training_run(
     train_seconds: float,
     device: torch.device,
     world_size: int = 1,
+    runtime: dict[str, Any] | None = None,
 ) -> Path:
     """End of train.py: the max-F1 operating point on val (operating_point.json) and MODEL_CARD.md.
 
     `data` holds the splits' `CocoDetection.summary()` ("train", and "val" or None); `evaluator` is the
-    one of the final evaluation (of checkpoints/last.pt), None without a val set.
+    one of the final evaluation (of checkpoints/last.pt), None without a val set. `runtime` is
+    `engine.runtime.Runtime.to_dict()`: the mixed precision and compile choice and why.
     """
     report = None
     if evaluator is not None and data.get("val") is not None:
@@ -140,6 +144,7 @@ def finish_training_run(
         ),
         operating_point=report.to_dict() if report is not None else None,
         score_distribution=evaluated_distribution(evaluator) if evaluator is not None and metrics else None,
+        runtime=runtime,
     )
     return write_model_card(run_dir, card)
 
@@ -352,10 +357,13 @@ def _metrics_section(evaluation: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _training_section(training: dict[str, Any]) -> list[str]:
+def _training_section(training: dict[str, Any], runtime: dict[str, Any] | None) -> list[str]:
     hw = training.get("hardware")
     lines = ["## Training", "", f"- iterations: {training.get('iterations')}",
              f"- training time: {_duration(training.get('seconds'))} (optimizer steps only, without evaluation)"]
+    if runtime is not None:
+        lines += [f"- mixed precision: {runtime['amp']} ({runtime['amp_reason']})",
+                  f"- torch.compile: {'on' if runtime['compile'] else 'off'} ({runtime['compile_reason']})"]
     if hw is None:
         return lines + ["- hardware: not recorded", ""]
     if "gpu" in hw:
@@ -383,5 +391,5 @@ def render(card: ModelCard) -> str:
     lines += _operating_point_section(card.operating_point)
     lines += _metrics_section(card.evaluation)
     lines += _distribution_section(card.score_distribution)
-    lines += _training_section(card.training)
+    lines += _training_section(card.training, card.runtime)
     return "\n".join(lines)

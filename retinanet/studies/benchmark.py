@@ -15,11 +15,15 @@ from P5 (torchvision v1), 256-channel 4-conv heads, 80 classes.
   memory format, SGD momentum 0.9 (its references). Train step: model(images, targets), losses
   summed, backward, step. Inference: model.eval()(images). Its transform normalizes inside the step;
   ours does that in the data loader (`loader` row).
+- `torchvision_best`: the same torchvision model at its own best on this hardware, what a torchvision
+  user gets in two lines: bf16 autocast where the hardware has bf16 units (CUDA, AMX; fp32 elsewhere),
+  channels_last, and torch.compile with --compile. The table gives every row against both.
 - `ours_*`: build_model / build_criterion / build_postprocess from the paper's recipe config, the
   optimizer of `engine.build_optimizer` (fused SGD), `engine.autocast` and `engine.place_model`.
   Train step: `engine.trainer.train_step`, the step training runs. Inference: `engine.predict` (forward and
   the batched PostProcess). One row per lever: fp32 or bf16 autocast, NCHW or channels_last, and
-  with --compile torch.compile on the recommended setting.
+  with --compile torch.compile on the recommended setting (its JSON adds compile_s and
+  compile_break_even_steps: the train steps whose gain over `ours` repays the compile).
 - `ours`: the recommended setting, channels_last plus `--amp` (auto: bf16 on CUDA and on CPUs with
   AMX; fp32 on other CPUs, where oneDNN's bf16 convolutions are slower than fp32 ones).
 - `onnxruntime` (--device cpu, inference only): the `ours_fp32` weights exported by
@@ -73,7 +77,7 @@ from retinanet.data.loaders import build_dataset, build_train_loader
 from retinanet.data.synthetic import make_dataset
 from retinanet.modeling.compat import load_torchvision_state_dict
 from retinanet.config import Config, ConfigError, load_config
-from retinanet.engine.runtime import place_model
+from retinanet.engine.runtime import autocast, compile_model, place_model, resolve_amp
 from retinanet.engine.optim import build_optimizer
 from retinanet.engine.inference import predict
 from retinanet.engine.trainer import StepOptions, train_step
@@ -118,16 +122,12 @@ class Row:
     train_extra_bytes: int = 0
     infer_extra_bytes: int = 0
     train_flops: float = 0.0
+    first_call_s: float = 0.0  # compiled rows: the first train step plus the first inference, compiling both
 
 
 def recommended_amp(device: torch.device, amp: str) -> str:
     """bf16 where the hardware has bf16 matrix units (CUDA, AMX); on AVX-512 alone bf16 convs lose to fp32."""
-    if amp != "auto":
-        return amp
-    if device.type == "cuda":
-        return "bf16"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16" if amx else "none"
+    return resolve_amp(amp, device)[0]
 
 
 def synchronize(device: torch.device) -> None:
@@ -194,16 +194,21 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def torchvision_row(
-    tv: TorchvisionRetinaNet, images: list[torch.Tensor], targets: list[Target], lr: float, device: torch.device
+    tv: TorchvisionRetinaNet, images: list[torch.Tensor], targets: list[Target], lr: float, device: torch.device,
+    name: str = "torchvision", amp: str = "none", channels_last: bool = False, compiled: bool = False,
 ) -> Row:
-    tv = tv.to(device)
+    """torchvision's RetinaNet as its references train it (the defaults), or at its best setting: `amp`
+    autocast around its forward (losses included, as a user adds it), channels_last, torch.compile."""
+    tv = tv.to(device, memory_format=torch.channels_last) if channels_last else tv.to(device)
+    net = torch.compile(tv) if compiled else tv
     images = [im.to(device) for im in images]
     tv_targets = [{"boxes": t.boxes_xyxy.to(device), "labels": t.labels.to(device)} for t in targets]
     optimizer = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=lr, momentum=0.9, weight_decay=1e-4)
 
     def train_step() -> None:
         tv.train()
-        loss = sum(tv(images, tv_targets).values())
+        with autocast(device, amp):
+            loss = sum(net(images, tv_targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -211,14 +216,29 @@ def torchvision_row(
     @torch.no_grad()
     def infer_step() -> None:
         tv.eval()
-        tv(images)
+        with autocast(device, amp):
+            net(images)
         tv.train()
 
+    label = (f"torchvision {'bf16' if amp == 'bf16' else 'fp32'} {'channels_last' if channels_last else 'NCHW'}"
+             + (" compiled" if compiled else ""))
     return Row(
-        "torchvision", "torchvision fp32 NCHW", train_step, infer_step,
+        name, label, train_step, infer_step,
         lambda: (model_bytes(tv) + optimizer_bytes(optimizer), model_bytes(tv)),
-        {"amp": "none", "channels_last": False, "compiled": False},
+        {"amp": amp, "channels_last": channels_last, "compiled": compiled},
     )
+
+
+def torchvision_best_row(
+    args: argparse.Namespace, tv_state: dict[str, torch.Tensor], images: list[torch.Tensor], targets: list[Target],
+    lr: float, device: torch.device,
+) -> Row:
+    """torchvision at its own best on this hardware: bf16 autocast where it has bf16 units (what `auto`
+    picks), channels_last, and torch.compile with --compile; same initial weights as every row."""
+    tv = build_torchvision(args.backbone, args.size)
+    tv.load_state_dict(tv_state)
+    amp = resolve_amp("auto", device)[0]
+    return torchvision_row(tv, images, targets, lr, device, "torchvision_best", amp, True, args.compile)
 
 
 def ours_row(
@@ -227,7 +247,7 @@ def ours_row(
     model = build_model(cfg)
     load_torchvision_state_dict(model, tv_state)
     model = place_model(model, device, cfg.train.channels_last)
-    net = torch.compile(model) if compiled else model
+    net = compile_model(model) if compiled else model  # as training compiles it
     criterion = build_criterion(cfg, NUM_CLASSES)
     postprocess = build_postprocess(cfg)
     optimizer = build_optimizer(cfg.train, model)
@@ -309,8 +329,7 @@ def run_rows(rows: list[Row], warmup: int, iters: int, device: torch.device) -> 
                 row.train_flops = count_flops(row.train_step)
                 continue
             if round_index == 0:  # compile both modes, then once more: the filled anchor cache recompiles once
-                row.train_step()
-                row.infer_step()
+                row.first_call_s = timed(row.train_step, device)[0] + timed(row.infer_step, device)[0]
             seconds, extra = timed(row.train_step, device)
             if round_index >= warmup:
                 row.train_times.append(seconds)
@@ -321,6 +340,14 @@ def run_rows(rows: list[Row], warmup: int, iters: int, device: torch.device) -> 
                 row.infer_times.append(seconds)
                 row.infer_extra_bytes = max(row.infer_extra_bytes, extra)
         print(f"round {round_index + 1}/{warmup + iters} done", file=sys.stderr, flush=True)
+
+
+def compile_break_even(compiled: dict[str, Any], eager: dict[str, Any]) -> dict[str, Any]:
+    """Compile seconds (first calls less one step of each mode) and the train steps whose gain repays them."""
+    compile_s = compiled["first_call_s"] - compiled["train_step_s"] - compiled["infer_step_s"]
+    gain_s = eager["train_step_s"] - compiled["train_step_s"]
+    return {"compile_s": compile_s, "train_step_gain_s": gain_s,
+            "compile_break_even_steps": compile_s / gain_s if gain_s > 0 else None}
 
 
 def peak_tflops(device: torch.device, override: float) -> float | None:
@@ -346,6 +373,8 @@ def row_figures(row: Row, batch_size: int, device: torch.device, peak: float | N
         train_s = statistics.median(row.train_times)
         out.update({"train_step_s": train_s, "train_images_per_s": batch_size / train_s,
                     "train_step_s_min": min(row.train_times), "train_step_s_all": row.train_times})
+    if row.first_call_s:
+        out["first_call_s"] = row.first_call_s
     if row.train_flops:
         out["train_flops_per_step"] = row.train_flops
         out["train_tflops_per_s"] = row.train_flops / train_s / 1e12
@@ -469,7 +498,8 @@ def environment(args: argparse.Namespace, device: torch.device, amp: str) -> dic
 
 def format_table(report: dict[str, Any], names: list[str], device: torch.device) -> str:
     tv = report["torchvision"]
-    header = f"{'setting':<36} {'train img/s':>11} {'infer img/s':>11} {'train x tv':>10} {'infer x tv':>10}"
+    header = (f"{'setting':<36} {'train img/s':>11} {'infer img/s':>11} {'train x tv':>10} {'infer x tv':>10} "
+              f"{'train x best':>12} {'infer x best':>12}")
     cuda = device.type == "cuda"
     if cuda:
         header += f" {'MFU':>6} {'train GB':>8}"
@@ -479,17 +509,24 @@ def format_table(report: dict[str, Any], names: list[str], device: torch.device)
         label = row["label"] + ("  [ours]" if name == report["ours"]["row"] else "")
         if "train_images_per_s" not in row:  # inference-only row
             lines.append(f"{label:<36} {'-':>11} {row['infer_images_per_s']:>11.3f} {'-':>10} "
-                         f"{row['infer_images_per_s'] / tv['infer_images_per_s']:>10.2f}")
+                         f"{row['infer_images_per_s'] / tv['infer_images_per_s']:>10.2f} {'-':>12} "
+                         f"{row['infer_speedup_vs_torchvision_best']:>12.2f}")
             continue
         line = (
             f"{label:<36} {row['train_images_per_s']:>11.3f} {row['infer_images_per_s']:>11.3f} "
             f"{row['train_images_per_s'] / tv['train_images_per_s']:>10.2f} "
-            f"{row['infer_images_per_s'] / tv['infer_images_per_s']:>10.2f}"
+            f"{row['infer_images_per_s'] / tv['infer_images_per_s']:>10.2f} "
+            f"{row['train_speedup_vs_torchvision_best']:>12.2f} {row['infer_speedup_vs_torchvision_best']:>12.2f}"
         )
         if cuda:
             mfu = row.get("train_mfu")
             line += f" {'-' if mfu is None else f'{100 * mfu:.1f}%':>6} {row['train_peak_memory_gb']:>8.2f}"
         lines.append(line)
+    if "ours_compiled" in report:
+        oc = report["ours_compiled"]
+        steps = oc["compile_break_even_steps"]
+        lines.append(f"torch.compile: {oc['compile_s']:.0f} s to compile, {oc['train_step_gain_s']:+.3f} s per train step "
+                     f"vs {report['ours']['row']}; break-even " + ("never" if steps is None else f"after {steps:.0f} steps"))
     if "loader" in report:
         lines.append(f"data loader ({report['loader']['workers']} workers): {report['loader']['images_per_s']:.1f} img/s")
     if "coco_eval" in report:
@@ -523,7 +560,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
         cfg0 = ours_config(args, backbone_weights, "none", False)
         batch = collate(list(zip(images, targets)), size_divisible=cfg0.input.size_divisible)
-        rows = [torchvision_row(tv, images, targets, cfg0.train.lr, device)]
+        rows = [torchvision_row(tv, images, targets, cfg0.train.lr, device),
+                torchvision_best_row(args, tv_state, images, targets, cfg0.train.lr, device)]
         for name, row_amp, channels_last in LEVER_ROWS:
             if wanted is None or name in wanted or name in ("ours_fp32", ours_name):
                 cfg = ours_config(args, backbone_weights, row_amp, channels_last)
@@ -540,19 +578,23 @@ def run_benchmark(args: argparse.Namespace) -> int:
         for row in rows:
             report[row.name] = row_figures(row, args.batch_size, device, peak)
         for row in rows:
-            if row.settings["compiled"]:  # FLOPs are not counted through torch.compile: same model as `ours`
+            if row.name == "ours_compiled":  # FLOPs are not counted through torch.compile: same model as `ours`
                 figures = report[row.name]
                 flops = report[ours_name].get("train_flops_per_step", 0.0)
                 figures["train_flops_per_step"] = flops
                 figures["train_tflops_per_s"] = flops / figures["train_step_s"] / 1e12
                 if peak:
                     figures["train_mfu"] = flops / figures["train_step_s"] / (peak * 1e12)
-        tv_fig = report["torchvision"]
+        tv_fig, best_fig = report["torchvision"], report["torchvision_best"]
         for row in rows:
             fig = report[row.name]
-            if "train_images_per_s" in fig:
+            if "train_images_per_s" in fig:  # the onnxruntime row is inference only
                 fig["train_speedup_vs_torchvision"] = fig["train_images_per_s"] / tv_fig["train_images_per_s"]
+                fig["train_speedup_vs_torchvision_best"] = fig["train_images_per_s"] / best_fig["train_images_per_s"]
             fig["infer_speedup_vs_torchvision"] = fig["infer_images_per_s"] / tv_fig["infer_images_per_s"]
+            fig["infer_speedup_vs_torchvision_best"] = fig["infer_images_per_s"] / best_fig["infer_images_per_s"]
+        if "ours_compiled" in report:
+            report["ours_compiled"].update(compile_break_even(report["ours_compiled"], report[ours_name]))
         report["ours"] = {"row": ours_name, **report[ours_name]}
         report["environment"]["peak_tflops"] = peak
         names = [row.name for row in rows]
