@@ -24,7 +24,7 @@ from retinanet.engine.runtime import (
 from retinanet.evaluation.model_card import load_model_card
 from retinanet.modeling.model import build_criterion, build_model, build_postprocess
 from retinanet.structures import Target
-from tests.conftest import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
+from tests.helpers import REPO, TINY_OVERRIDES, run_train, synthetic_overrides
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
