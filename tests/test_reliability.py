@@ -158,3 +158,21 @@ def test_text_files_are_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch
         write_text_atomic(path, "new")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["operating_point.json"]
+
+
+def test_a_checkpoint_of_another_schema_is_a_one_line_error(tmp_path: Path) -> None:
+    from retinanet.engine.checkpoint import SCHEMA_VERSION, Checkpoint
+
+    good = Checkpoint(model={"w": torch.ones(2)}, config={}, categories=[{"id": 3, "name": "cat"}], iteration=5)
+    good.save(tmp_path / "good.pt")
+    assert Checkpoint.load(tmp_path / "good.pt").iteration == 5
+    old = {"model": {"w": torch.ones(2)}, "config": {}, "categories": []}  # version 1: no "version" key
+    torch.save(old, tmp_path / "old.pt")
+    assert Checkpoint.load(tmp_path / "old.pt").version == SCHEMA_VERSION
+    torch.save({"model": {}, "categories": [], "epoch": 3}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a checkpoint of this code's schema "
+                                              r"\(missing config; unknown epoch\); use the version"):
+        Checkpoint.load(tmp_path / "other.pt")
+    torch.save({**old, "version": SCHEMA_VERSION + 1}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=f"schema version {SCHEMA_VERSION + 1}, this code reads up to"):
+        Checkpoint.load(tmp_path / "newer.pt")

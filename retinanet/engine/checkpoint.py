@@ -84,15 +84,12 @@ class Checkpoint:
         required = {f.name for f in fields(cls) if f.name in ("model", "config", "categories")}
         missing, unknown = sorted(required - set(state)), sorted(set(state) - names)
         version = state.get("version", 1)
-        if missing or unknown or not isinstance(version, int) or version > SCHEMA_VERSION:
-            detail = "; ".join(
-                part for part in (
-                    f"missing {', '.join(missing)}" if missing else "",
-                    f"unknown {', '.join(unknown)}" if unknown else "",
-                    f"schema version {version}, this code reads up to {SCHEMA_VERSION}" if version != 1 and
-                    (not isinstance(version, int) or version > SCHEMA_VERSION) else "",
-                ) if part
-            )
+        too_new = not isinstance(version, int) or version > SCHEMA_VERSION
+        if missing or unknown or too_new:
+            problems = [f"missing {', '.join(missing)}" if missing else "",
+                        f"unknown {', '.join(unknown)}" if unknown else "",
+                        f"schema version {version}, this code reads up to {SCHEMA_VERSION}" if too_new else ""]
+            detail = "; ".join(p for p in problems if p)
             raise CheckpointError(
                 f"{path}: not a checkpoint of this code's schema ({detail}); use the version of the code that wrote "
                 "it, or retrain"

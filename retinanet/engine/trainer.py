@@ -169,6 +169,7 @@ class Trainer:
     ddp_model: nn.Module  # what the step runs: `model`, or `model` wrapped in DDP
     criterion: DetectionLoss
     val_criterion: DetectionLoss  # the val loss: this rank's batches, no EMA normalizer to move
+    train_box_counts: dict[int, int]  # category id -> non-crowd training boxes
     ema: ModelEMA | None  # train.ema_decay > 0: evaluated, kept in best.pt and described by the card
     postprocess: PostProcess
     optimizer: torch.optim.Optimizer
@@ -221,6 +222,7 @@ class Trainer:
         if distributed.is_main_process():
             save_config(cfg, out_dir / "config.yaml")
 
+        class_counts = train_set.class_box_counts()  # n_c of class-balanced alpha, and "rarest" for the logs
         model = build_model(cfg)
         if cfg.train.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -237,9 +239,10 @@ class Trainer:
                 broadcast_buffers=cfg.model.backbone.norm == "bn",  # frozen BN and GN buffers never change
             ),
             criterion=build_criterion(cfg, cfg.model.num_classes, distributed.all_reduce_sum if world > 1 else None,
-                                      class_counts=train_set.class_box_counts()),
+                                      class_counts=class_counts),
             val_criterion=build_criterion(replace(cfg, **{"loss.normalizer_momentum": 0.0}), cfg.model.num_classes,
-                                          class_counts=train_set.class_box_counts()),
+                                          class_counts=class_counts),
+            train_box_counts=dict(zip(train_set.category_map.category_ids, class_counts)),
             ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None,
             postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
             scaler=torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16"),
@@ -347,8 +350,7 @@ class Trainer:
             self.logger.log_eval(step, metrics)
             recall, precision = self.evaluator.pr_curve(iou=0.5)
             self.logger.log_pr_curve(step, "eval/pr_curve_iou50", recall, precision)
-            train_counts = dict(zip(self.train_set.category_map.category_ids, self.train_set.class_box_counts()))
-            scalars = class_scalars(self.evaluator.matches(iou=IOU), metrics, train_box_counts=train_counts)
+            scalars = class_scalars(self.evaluator.matches(iou=IOU), metrics, train_box_counts=self.train_box_counts)
             self.logger.log_scalars(step, scalars, prefix="eval_classes", kind="eval_classes")
             for tag, image in training_figures(self.evaluator).items():
                 self.logger.log_images(step, tag, [image])
