@@ -15,7 +15,7 @@ def test_benchmark_writes_positive_figures(tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
     args = ["--device", "cpu", "--backbone", "resnet18", "--size", "64", "--batch-size", "1", "--iters", "1",
             "--warmup", "1", "--rows", "ours_fp32", "--workers", "0", "--loader-batches", "1", "--eval-images", "3",
-            "--json", str(out)]
+            "--json", str(out), "--profile", str(tmp_path / "profile")]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a smoke test: one thread avoids OpenMP barriers on a busy machine
     try:
@@ -41,3 +41,14 @@ def test_benchmark_writes_positive_figures(tmp_path: Path, capsys) -> None:
     env = report["environment"]
     assert env["size"] == 64 and env["batch_size"] == 1 and env["backbone"] == "resnet18" and env["threads"] == 1
     assert "train img/s" in capsys.readouterr().out
+
+    ours, best = report["profile"][report["ours"]["row"]], report["profile"]["torchvision_best"]
+    assert list(ours["train_phases_ms"]) == ["forward", "backbone", "fpn", "head", "loss", "backward", "optimizer"]
+    assert list(best["train_phases_ms"]) == ["forward", "backbone", "fpn", "head", "backward", "optimizer"]
+    assert list(ours["infer_phases_ms"]) == ["forward", "backbone", "fpn", "head", "postprocess"]
+    for figures in (ours, best):
+        phases = figures["train_phases_ms"]
+        assert phases["backbone"] + phases["fpn"] + phases["head"] <= phases["forward"]
+        assert phases["forward"] + phases["backward"] + phases["optimizer"] <= figures["train_ms"]
+    assert "aten::" in (tmp_path / "profile" / f"{report['ours']['row']}_profile.txt").read_text()
+    assert (tmp_path / "profile" / "torchvision_best_train_trace.json").stat().st_size > 0

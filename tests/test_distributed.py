@@ -99,6 +99,23 @@ def test_two_processes_train_resume_and_evaluate_like_one(synthetic: Path, tmp_p
     assert [sharded[k] for k in STAT_NAMES] == [whole[k] for k in STAT_NAMES]
 
 
+def test_two_processes_train_compiled_like_one(synthetic: Path, tmp_path: Path) -> None:
+    """train.compile=true under torchrun: DDP wraps the compiled parts; 2 iterations end on the single process's weights."""
+    sets = synthetic_overrides(synthetic) + DDP_SETS + ["train.max_iters=2", "train.compile=true"]
+    single = tmp_path / "single"
+    assert run_train(single, sets) == 0
+    ddp = tmp_path / "ddp"
+    torchrun(ddp, sets)
+    a = torch.load(single / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(ddp / "checkpoints" / "last.pt", weights_only=True)
+    assert b["iteration"] == 2 and list(a["model"]) == list(b["model"])  # plain module keys on both
+    diff = max((a["model"][k].float() - b["model"][k].float()).abs().max().item() for k in a["model"])
+    assert diff < 1e-5, diff
+    assert json.loads((ddp / "model_card.json").read_text())["runtime"]["compile"] is True
+    for x, y in zip(lines(single, "train"), lines(ddp, "train"), strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5), x["step"]
+
+
 def test_global_batch_is_split_between_ranks(synthetic: Path) -> None:
     """Union of the ranks' batches == the single-process batch, every epoch reshuffled, from any start batch."""
     cfg = load_config(None, synthetic_overrides(synthetic) + ["train.batch_size=6", "data.aspect_ratio_grouping=true"])

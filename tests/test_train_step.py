@@ -11,6 +11,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from retinanet.structures import Batch
 from retinanet.engine.trainer import StepOptions, train_step
 from retinanet.modeling.compat import convert_state_dict, from_torchvision, loss_from_torchvision
+from retinanet.engine.profiling import TRAIN_PHASES, profile_call
 from retinanet.modeling.model import build_criterion, build_model
 from retinanet.structures import Target
 
@@ -99,3 +100,15 @@ def test_clipping_bounds_the_update_and_reports_the_norm_before_it(tiny_cfg) -> 
                                                  for p, b in zip(model.parameters(), before)]))
     assert float(step) == pytest.approx(1e-3, rel=1e-3)  # lr 1: the step is the clipped gradient
     assert stats.images == 2 and stats.loss == pytest.approx(stats.loss_cls + stats.loss_box, rel=1e-6)
+
+
+def test_train_step_marks_its_phases_for_the_profiler(tiny_cfg) -> None:
+    model, criterion, batch = _tiny(tiny_cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    step = lambda: train_step(model, criterion, optimizer, torch.amp.GradScaler("cpu", enabled=False), [batch],  # noqa: E731
+                              StepOptions(CPU))
+    profiled = profile_call("train", step, TRAIN_PHASES, {"backbone": model.backbone, "head": model.head}, CPU)
+    assert list(profiled.phases) == ["forward", "backbone", "head", "loss", "backward", "optimizer"]
+    assert all(ms > 0 for ms in profiled.phases.values())
+    assert profiled.phases["backbone"] + profiled.phases["head"] <= profiled.phases["forward"]
+    assert sum(profiled.phases[name] for name in TRAIN_PHASES) <= profiled.wall_ms

@@ -3,7 +3,7 @@ data-loading and COCO-evaluation time. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--device cpu|cuda] [--backbone resnet50] [--size 512] [--batch-size 4]
         [--iters 5] [--warmup 1] [--workers 2] [--amp auto|none|bf16] [--compile] [--rows LEVER,...]
-        [--loader-batches 20] [--eval-images 300] [--peak-tflops T] [--json FILE]
+        [--loader-batches 20] [--eval-images 300] [--peak-tflops T] [--json FILE] [--profile DIR]
 
 The rows and how each is set up: `retinanet/studies/benchmark.py`; measured figures: docs/benchmark.md.
 """
@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-images", type=int, default=300, help="images in the COCO-eval timing (0 = skip)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="accelerator peak for MFU (default: by GPU name)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--profile", type=Path, default=None, metavar="DIR",
+        help="after timing, profile one train step and one inference of `ours` and of torchvision_best (eager): "
+        "phase times printed, op tables and Chrome traces in DIR",
+    )
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be >= 1")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from retinanet.engine import distributed
+from retinanet.engine.profiling import phase
 from retinanet.engine.runtime import autocast
 from retinanet.evaluation.evaluator import CocoEvaluator, detections_to_coco
 from retinanet.modeling.losses import DetectionLoss
@@ -31,10 +32,11 @@ def predict(
     try:
         for batch in loader:
             images = batch.images.to(device, non_blocking=True)
-            with autocast(device, amp):
+            with phase("forward"), autocast(device, amp):
                 outputs = model(images)
-            orig = [t.orig_size for t in batch.targets]
-            yield batch, outputs, postprocess(outputs, batch.image_sizes, orig)
+            with phase("postprocess"):
+                detections = postprocess(outputs, batch.image_sizes, [t.orig_size for t in batch.targets])
+            yield batch, outputs, detections
     finally:
         model.train(was_training)
 

@@ -39,6 +39,7 @@ from retinanet.engine.ema import ModelEMA
 from retinanet.engine.inference import evaluate
 from retinanet.engine.logger import METRICS_FILE, RunLogger, read_metrics, setup_file_logging
 from retinanet.engine.optim import build_optimizer, build_scheduler
+from retinanet.engine.profiling import phase
 from retinanet.engine.run_folder import BEST, LAST, checkpoint_path, default_output_dir, prepare_run_folder
 from retinanet.engine.runtime import Runtime, autocast, check_amp, compile_model, place_model, resolve_device, resolve_runtime
 from retinanet.evaluation.evaluator import CocoEvaluator
@@ -91,6 +92,8 @@ def train_step(
 ) -> StepStats:
     """Forward, loss, non-finite check, backward, clipping and the optimizer and scaler steps.
 
+    Each is a `phase` scope (engine.profiling), so torch.profiler shows where the step's time goes.
+
     `batches` are the micro-batches of one step (train.accumulate_steps of them); their gradients
     add up to that of one batch of their total size. A non-finite loss on any rank skips the whole
     step on every rank and leaves the parameters as they were. Under DDP (`model` wrapped), the
@@ -103,24 +106,27 @@ def train_step(
     for micro, batch in enumerate(batches):
         batch = batch.to(opts.device, non_blocking=True)
         skip_sync = isinstance(model, DistributedDataParallel) and micro < accum - 1  # all-reduce once, at the end
-        with autocast(opts.device, opts.amp), model.no_sync() if skip_sync else contextlib.nullcontext():
+        with phase("forward"), autocast(opts.device, opts.amp), model.no_sync() if skip_sync else contextlib.nullcontext():
             outputs = model(batch.images)
-        losses = criterion(outputs, batch.targets)  # float32 whatever the autocast
-        stats = distributed.all_reduce_sum(torch.stack([losses[k].detach().float() for k in LOSS_KEYS]))
+        with phase("loss"):
+            losses = criterion(outputs, batch.targets)  # float32 whatever the autocast
+            stats = distributed.all_reduce_sum(torch.stack([losses[k].detach().float() for k in LOSS_KEYS]))
         if not torch.isfinite(stats[0]):
             optimizer.zero_grad(set_to_none=True)
             return StepStats(*[float("nan")] * 3, 0.0, float("nan"), finite=False, images=0)
-        scaler.scale(losses["loss"] * world / accum).backward()
+        with phase("backward"):
+            scaler.scale(losses["loss"] * world / accum).backward()
         totals += stats.cpu().double() / accum
         images += len(batch) * world
-    scaler.unscale_(optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if opts.grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-    else:
-        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-    scaler.step(optimizer)
-    scaler.update()
+    with phase("optimizer"):
+        scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if opts.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        scaler.step(optimizer)
+        scaler.update()
     return StepStats(*totals.tolist(), grad_norm=float(grad_norm), finite=True, images=images)
 
 

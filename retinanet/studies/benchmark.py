@@ -3,7 +3,7 @@ data-loading and COCO-evaluation time. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--device cpu|cuda] [--backbone resnet50] [--size 512] [--batch-size 4]
         [--iters 5] [--warmup 1] [--workers 2] [--amp auto|none|bf16] [--compile] [--rows LEVER,...]
-        [--loader-batches 20] [--eval-images 300] [--peak-tflops T] [--json FILE]
+        [--loader-batches 20] [--eval-images 300] [--peak-tflops T] [--json FILE] [--profile DIR]
 
 Every row sees the same random size x size images with 1-8 random boxes each, and the same weights
 (torchvision's random init, copied into ours). Both models are set up as for fine-tuning from
@@ -41,6 +41,11 @@ what the step allocates).
 set at size x size (PNG decode, flip, resize, normalize, pad), from the first batch to the last.
 `coco_eval`: seconds for `CocoEvaluator` update + compute on 100 generated detections per image
 of a synthetic val set, per backend (pycocotools, faster-coco-eval when installed).
+
+`--profile DIR`: after the timing, one train step and one inference of `ours` and of
+`torchvision_best` (when eager) under torch.profiler (`engine.profiling`): the time of each phase
+(forward with backbone, FPN and head inside it, loss, backward, optimizer; postprocess) is printed
+and goes to the JSON, the op tables to DIR/<row>_profile.txt, Chrome traces beside them.
 """
 from __future__ import annotations
 
@@ -79,6 +84,7 @@ from retinanet.modeling.compat import load_torchvision_state_dict
 from retinanet.config import Config, ConfigError, load_config
 from retinanet.engine.runtime import autocast, compile_model, place_model, resolve_amp
 from retinanet.engine.optim import build_optimizer
+from retinanet.engine.profiling import PREDICT_PHASES, TRAIN_PHASES, phase, profile_call
 from retinanet.engine.inference import predict
 from retinanet.engine.trainer import StepOptions, train_step
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator
@@ -123,6 +129,8 @@ class Row:
     infer_extra_bytes: int = 0
     train_flops: float = 0.0
     first_call_s: float = 0.0  # compiled rows: the first train step plus the first inference, compiling both
+    parts: dict[str, nn.Module] = field(default_factory=dict)  # backbone, FPN, head, for --profile (eager rows)
+    train_phases: tuple[str, ...] = ()  # the phase scopes its train step marks
 
 
 def recommended_amp(device: torch.device, amp: str) -> str:
@@ -207,11 +215,13 @@ def torchvision_row(
 
     def train_step() -> None:
         tv.train()
-        with autocast(device, amp):
+        with phase("forward"), autocast(device, amp):  # torchvision computes its loss inside forward
             loss = sum(net(images, tv_targets).values())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            optimizer.step()
 
     @torch.no_grad()
     def infer_step() -> None:
@@ -222,10 +232,12 @@ def torchvision_row(
 
     label = (f"torchvision {'bf16' if amp == 'bf16' else 'fp32'} {'channels_last' if channels_last else 'NCHW'}"
              + (" compiled" if compiled else ""))
+    parts = {} if compiled else {"backbone": tv.backbone.body, "fpn": tv.backbone.fpn, "head": tv.head}
     return Row(
         name, label, train_step, infer_step,
         lambda: (model_bytes(tv) + optimizer_bytes(optimizer), model_bytes(tv)),
         {"amp": amp, "channels_last": channels_last, "compiled": compiled},
+        parts=parts, train_phases=("forward", "backward", "optimizer"),
     )
 
 
@@ -267,10 +279,12 @@ def ours_row(
             pass
 
     label = f"ours {'bf16' if amp == 'bf16' else 'fp32'} {'channels_last' if cfg.train.channels_last else 'NCHW'}"
+    parts = {} if compiled else {"backbone": model.backbone, "fpn": model.fpn, "head": model.head}
     return Row(
         name, label + (" compiled" if compiled else ""), step, infer_step,
         lambda: (model_bytes(model) + optimizer_bytes(optimizer), model_bytes(model)),
         {"amp": amp, "channels_last": cfg.train.channels_last, "compiled": compiled},
+        parts=parts, train_phases=TRAIN_PHASES,
     )
 
 
@@ -340,6 +354,26 @@ def run_rows(rows: list[Row], warmup: int, iters: int, device: torch.device) -> 
                 row.infer_times.append(seconds)
                 row.infer_extra_bytes = max(row.infer_extra_bytes, extra)
         print(f"round {round_index + 1}/{warmup + iters} done", file=sys.stderr, flush=True)
+
+
+def profile_rows(rows: list[Row], out_dir: Path, device: torch.device) -> dict[str, Any]:
+    """One profiled train step and inference of each eager row given: phase times, op tables, Chrome traces."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Any] = {}
+    for row in rows:
+        train = profile_call(f"{row.name} train step", row.train_step, row.train_phases, row.parts, device,
+                             trace=out_dir / f"{row.name}_train_trace.json")
+        infer_phases = PREDICT_PHASES if row.name.startswith("ours") else ()
+        infer = profile_call(f"{row.name} inference", row.infer_step, infer_phases, row.parts, device,
+                             trace=out_dir / f"{row.name}_infer_trace.json")
+        text = "\n\n".join([train.format(), infer.format(), "train step ops:\n" + train.op_table,
+                             "inference ops:\n" + infer.op_table])
+        (out_dir / f"{row.name}_profile.txt").write_text(text + "\n")
+        print(train.format() + "\n" + infer.format())
+        figures[row.name] = {"train_ms": train.wall_ms, "train_phases_ms": train.phases,
+                             "infer_ms": infer.wall_ms, "infer_phases_ms": infer.phases}
+    print(f"profiles: {out_dir}")
+    return figures
 
 
 def compile_break_even(compiled: dict[str, Any], eager: dict[str, Any]) -> dict[str, Any]:
@@ -574,6 +608,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
         report: dict[str, Any] = {"environment": environment(args, device, amp)}
         run_rows(rows, args.warmup, args.iters, device)
+        if args.profile is not None:
+            profiled = [row for row in rows if row.name in (ours_name, "torchvision_best") and row.parts and row.train_step]
+            report["profile"] = profile_rows(profiled, args.profile, device)
         peak = peak_tflops(device, args.peak_tflops)
         for row in rows:
             report[row.name] = row_figures(row, args.batch_size, device, peak)
