@@ -73,7 +73,8 @@ def profile_call(
     """Run `fn` once under torch.profiler; `phases` are the scopes `fn` marks itself, `parts` get marked here.
 
     Times are the scopes' CPU time on a CPU and, on CUDA, their kernels' device time where the
-    profiler attributes kernels to the scope (the CPU only launches there), else their CPU time. `trace` writes a Chrome trace (open it in https://ui.perfetto.dev).
+    profiler attributes kernels to the scope (the CPU only launches there), else their CPU time.
+    `trace` writes a Chrome trace (open it in https://ui.perfetto.dev).
     """
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -90,7 +91,8 @@ def profile_call(
     finally:
         for handle in handles:
             handle.remove()
-    events = {event.key: event for event in prof.key_averages()}
+    averages = prof.key_averages()
+    events = {event.key: event for event in averages}
     measured: dict[str, float] = {}
     for name in (*phases[:1], *parts, *phases[1:]):  # the parts listed under the first phase (forward)
         event = events.get(PREFIX + name)
@@ -100,5 +102,5 @@ def profile_call(
     if trace is not None:
         prof.export_chrome_trace(str(trace))
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
+    table = averages.table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
     return StepProfile(title, wall_ms, measured, tuple(parts), table)

@@ -131,6 +131,7 @@ class Row:
     first_call_s: float = 0.0  # compiled rows: the first train step plus the first inference, compiling both
     parts: dict[str, nn.Module] = field(default_factory=dict)  # backbone, FPN, head, for --profile (eager rows)
     train_phases: tuple[str, ...] = ()  # the phase scopes its train step marks
+    infer_phases: tuple[str, ...] = ()  # and its inference
 
 
 def recommended_amp(device: torch.device, amp: str) -> str:
@@ -284,7 +285,7 @@ def ours_row(
         name, label + (" compiled" if compiled else ""), step, infer_step,
         lambda: (model_bytes(model) + optimizer_bytes(optimizer), model_bytes(model)),
         {"amp": amp, "channels_last": cfg.train.channels_last, "compiled": compiled},
-        parts=parts, train_phases=TRAIN_PHASES,
+        parts=parts, train_phases=TRAIN_PHASES, infer_phases=PREDICT_PHASES,
     )
 
 
@@ -363,8 +364,7 @@ def profile_rows(rows: list[Row], out_dir: Path, device: torch.device) -> dict[s
     for row in rows:
         train = profile_call(f"{row.name} train step", row.train_step, row.train_phases, row.parts, device,
                              trace=out_dir / f"{row.name}_train_trace.json")
-        infer_phases = PREDICT_PHASES if row.name.startswith("ours") else ()
-        infer = profile_call(f"{row.name} inference", row.infer_step, infer_phases, row.parts, device,
+        infer = profile_call(f"{row.name} inference", row.infer_step, row.infer_phases, row.parts, device,
                              trace=out_dir / f"{row.name}_infer_trace.json")
         text = "\n\n".join([train.format(), infer.format(), "train step ops:\n" + train.op_table,
                              "inference ops:\n" + infer.op_table])
