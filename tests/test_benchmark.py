@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from retinanet.cli import benchmark
@@ -52,3 +53,14 @@ def test_benchmark_writes_positive_figures(tmp_path: Path, capsys) -> None:
         assert phases["forward"] + phases["backward"] + phases["optimizer"] <= figures["train_ms"]
     assert "aten::" in (tmp_path / "profile" / f"{report['ours']['row']}_profile.txt").read_text()
     assert (tmp_path / "profile" / "torchvision_best_train_trace.json").stat().st_size > 0
+
+
+@pytest.mark.parametrize("flag, value", [("--profile", "blocker/profile"), ("--json", "blocker/sub/bench.json")])
+def test_an_output_folder_that_cannot_exist_stops_before_the_timing(flag: str, value: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder must go")
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.parse_args([flag, str(tmp_path / value)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f" error: {flag}: cannot create the folder {tmp_path / 'blocker'}" in err
+    assert err.endswith("(Not a directory); give a writable folder path")

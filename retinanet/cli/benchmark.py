@@ -49,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--warmup and --iters must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    # The output folders are created now, so a bad path stops before minutes of timing, not after.
+    for flag, folder in (("--json", args.json.parent if args.json else None), ("--profile", args.profile)):
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                parser.error(f"{flag}: cannot create the folder {folder} ({exc.strerror}); give a writable folder path")
     return args
 
 

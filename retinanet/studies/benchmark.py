@@ -358,8 +358,9 @@ def run_rows(rows: list[Row], warmup: int, iters: int, device: torch.device) -> 
 
 
 def profile_rows(rows: list[Row], out_dir: Path, device: torch.device) -> dict[str, Any]:
-    """One profiled train step and inference of each eager row given: phase times, op tables, Chrome traces."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """One profiled train step and inference of each eager row given: phase times, op tables, Chrome traces.
+
+    `out_dir` exists (the command line creates it before the timing starts)."""
     figures: dict[str, Any] = {}
     for row in rows:
         train = profile_call(f"{row.name} train step", row.train_step, row.train_phases, row.parts, device,
