@@ -253,8 +253,9 @@ class TrainConfig:
     # Max global grad norm; 0 turns clipping off.
     grad_clip: float = 0.0
     accumulate_steps: int = 1
-    # Autocast of the forward pass (losses stay float32). auto: bf16 on CUDA devices with bf16 and on
-    # CPUs with AMX, fp32 (none) elsewhere, where bf16 convolutions are slower (engine.runtime.resolve_amp).
+    # Autocast of the training steps' forward pass (losses and box arithmetic stay float32). auto: bf16
+    # on CUDA devices with bf16 and on CPUs with AMX, fp32 (none) elsewhere, where bf16 convolutions
+    # are slower (engine.runtime.resolve_amp). Evaluation has its own precision: eval.amp.
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     # torch.compile of the model for training and evaluation. auto: on where its per-step gain repays
     # the compile time within the run (engine.runtime.resolve_compile), off elsewhere.
@@ -303,6 +304,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 4
+    # Autocast of every evaluation (during training, evaluate.py) and of predict.py. none (fp32): the
+    # numbers of record, the same on every machine whatever train.amp resolved to; auto or bf16 for speed.
+    amp: Literal["auto", "none", "bf16", "fp16"] = "none"
     # COCO evaluation: pycocotools (the reference) or faster-coco-eval (same numbers, faster; `pip install faster-coco-eval`).
     backend: Literal["pycocotools", "faster_coco_eval"] = "pycocotools"
     # Val images drawn into TensorBoard after each evaluation.
@@ -355,15 +359,15 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
     bases = [bases] if isinstance(bases, str) else list(bases)
     merged: dict = {}
     for base in bases:
-        merged = _deep_merge(merged, _read_yaml((path.parent / base).resolve(), (*chain, path)))
-    return _deep_merge(merged, raw)
+        merged = deep_merge(merged, _read_yaml((path.parent / base).resolve(), (*chain, path)))
+    return deep_merge(merged, raw)
 
 
-def _deep_merge(base: dict, update: Mapping) -> dict:
+def deep_merge(base: dict, update: Mapping) -> dict:
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -395,7 +399,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     raw = _read_yaml(Path(path).resolve(), ()) if path is not None else {}
     override_tree = parse_overrides(overrides)
     if override_tree:
-        raw = _deep_merge(raw, override_tree)
+        raw = deep_merge(raw, override_tree)
         source += " + --set"
     return from_dict(raw, source)
 

@@ -25,6 +25,8 @@ TINY_OVERRIDES = [
     "model.anchors.sizes=[16,32,64,128,256]",
     "input.min_size=[128]",
     "input.max_size=160",
+    "train.amp=none",  # tests that compare values pin the precision: auto is bf16 on a CPU with AMX
+    "eval.amp=none",
 ]
 
 
@@ -39,6 +41,8 @@ TINY_MODEL = [
     "train.log_every=1",
     "train.warmup_iters=0",
     "train.schedule=constant",
+    "train.amp=none",  # tests that compare values pin the precision: auto is bf16 on a CPU with AMX
+    "eval.amp=none",
     "eval.batch_size=8",
     "eval.num_vis_images=2",
 ]

@@ -35,6 +35,7 @@ pytestmark = [
 DDP_SETS = [
     "model.backbone.norm=gn", "train.optimizer=sgd", "train.lr=0.01", "train.grad_clip=10",
     "model.postprocess.score_thresh=0.0", "train.eval_every=0", "train.checkpoint_every=0",
+    "train.device=cpu", "train.amp=none", "eval.amp=none",  # fp32 on the CPU: the values compared are fp32 ones
 ]
 
 

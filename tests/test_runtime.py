@@ -76,6 +76,7 @@ def test_fp16_on_cpu_is_still_an_error() -> None:
 
 
 def test_amx_probe_reads_the_cpu_flags(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(runtime.AMX_ENV, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     with_amx = tmp_path / "amx"
     with_amx.write_text("flags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n")
@@ -113,8 +114,12 @@ def test_runtime_resolves_amp_before_compile(amx, monkeypatch) -> None:
     chosen = resolve_runtime("auto", "auto", CPU, COMPILE_BREAK_EVEN_ITERS)
     assert (chosen.amp, chosen.compile) == ("bf16", True)
     assert chosen.to_dict() == {"amp": "bf16", "amp_reason": "auto: the CPU has AMX (amx_bf16)", "compile": True,
-                                "compile_reason": chosen.compile_reason}
+                                "compile_reason": chosen.compile_reason, "eval_amp": "none",
+                                "eval_amp_reason": "eval.amp=none as configured",
+                                "requested": {"train.amp": "auto", "train.compile": "auto", "eval.amp": "none"}}
     assert chosen.describe().startswith("mixed precision bf16 (auto: the CPU has AMX (amx_bf16)); torch.compile on")
+    assert chosen.describe().endswith("evaluation precision none (eval.amp=none as configured)")
+    assert resolve_runtime("auto", "auto", CPU, 10, "auto").eval_amp == "bf16"  # eval.amp=auto follows the hardware
 
 
 def test_compile_config_values() -> None:

@@ -33,7 +33,7 @@ from retinanet.config import Config, ConfigError, load_config, replace
 from retinanet.fileio import RunFileError
 from retinanet.modeling.onnx_detector import OnnxDetector
 from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from retinanet.engine.runtime import check_amp, place_model, resolve_amp, resolve_device
+from retinanet.engine.runtime import place_model, resolve_device, resolve_eval_amp
 from retinanet.engine.inference import evaluate
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
 from retinanet.cli.common import run_cli
@@ -69,10 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def metrics_for_file(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The documented metrics.json layout: the 12 COCO numbers and per_class keyed by category name."""
+def metrics_for_file(metrics: dict[str, Any], amp: str | None) -> dict[str, Any]:
+    """The documented metrics.json layout: the 12 COCO numbers, per_class keyed by category name, and
+    `amp`, the precision the detections were computed under (None for a --predictions file)."""
     out = {k: None if math.isnan(metrics[k]) else metrics[k] for k in STAT_NAMES}
     out["per_class"] = metrics["per_class"]
+    out["amp"] = amp
     return out
 
 
@@ -164,18 +166,19 @@ def main(argv: list[str] | None = None) -> int:
                    else Path(args.checkpoint).parent.parent)
     out_dir = Path(args.output_dir or default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    amp: str | None = "none"  # an exported file runs in fp32
     if args.predictions:
         evaluator.update(load_results(Path(args.predictions)))
         metrics = evaluator.compute()
+        amp = None
     elif detector is not None:
         metrics, results = evaluate_onnx(detector, cfg, val_set, evaluator)
         (out_dir / "detections.json").write_text(json.dumps(results))
     else:
         ckpt_path = Path(args.checkpoint)
         device = resolve_device(cfg.train.device)
-        check_amp(cfg.train.amp, device, args.config)
-        amp, why = resolve_amp(cfg.train.amp, device)
-        log.info("mixed precision %s (%s)", amp, why)
+        amp, why = resolve_eval_amp(cfg.eval.amp, device, args.config)
+        print(f"evaluation precision {amp} ({why})")
         ckpt = Checkpoint.load(ckpt_path)
         ckpt_ids = ckpt.category_ids
         if ckpt_ids and ckpt_ids != val_set.category_map.category_ids:
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "detections.json").write_text(json.dumps(results))
         log.info("wrote %d detections to %s", len(results), out_dir / "detections.json")
 
-    (out_dir / "metrics.json").write_text(json.dumps(metrics_for_file(metrics), indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics_for_file(metrics, amp), indent=2))
     print(format_metrics_table(metrics))
     print(f"metrics: {out_dir / 'metrics.json'}")
     if target is not None:

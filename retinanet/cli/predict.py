@@ -13,9 +13,12 @@ Score drift (checkpoints): when the run's model card stores the val score distri
 detections per image on these images (before the thresholds) are compared with it, and a warning
 with the figures is printed when they differ by more than `retinanet.evaluation.drift`'s bound.
 
+Precision: eval.amp of the checkpoint's config, none (fp32) unless `--set eval.amp=auto|bf16`: the
+same detections on every machine, and those of the exported file (docs/speed.md).
+
 Writes every image with its boxes, class names and scores drawn, and `detections.json`
 (COCO results with the checkpoint's category ids; `image_id` is the position in the sorted
-file list, and `file_name` names the image).
+file list, `file_name` names the image and `amp` the precision it ran under).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from retinanet.data.coco import load_image
 from retinanet.modeling.detector import Detector
 from retinanet.modeling.onnx_detector import OnnxDetector
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
-from retinanet.engine.runtime import autocast, place_model, resolve_amp, resolve_device
+from retinanet.engine.runtime import autocast, place_model, resolve_device, resolve_eval_amp
 from retinanet.evaluation.drift import check_drift, format_drift
 from retinanet.evaluation.model_card import load_model_card
 from retinanet.evaluation.operating_point import (
@@ -59,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"minimum score for every class (default: the run's {FILE_NAME}, else {DEFAULT_SCORE_THRESH})",
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides of the checkpoint's config, e.g. eval.amp=bf16 (default none: fp32)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser.parse_args(argv)
 
@@ -104,19 +109,19 @@ def choose_thresholds(
     return values, note
 
 
-def load_checkpoint_model(ckpt_path: Path, device_name: str) -> tuple[Callable, list[dict], tuple]:
-    """The PyTorch Detector (under the run's resolved autocast), its categories, and where its operating point is."""
+def load_checkpoint_model(
+    ckpt_path: Path, device_name: str, overrides: list[str]
+) -> tuple[Callable, list[dict], tuple, str]:
+    """The PyTorch Detector (under eval.amp), its categories, where its operating point is, and the precision."""
     ckpt = Checkpoint.load(ckpt_path)
-    cfg = ckpt.build_config(f"{ckpt_path} (config)")
+    cfg = ckpt.build_config(f"{ckpt_path} (config)", overrides)
     device = resolve_device(device_name)
     detector = Detector.from_config(cfg, num_classes=len(ckpt.categories))
     load_model_weights(detector.model, ckpt.inference_weights, ckpt_path)
     detector.model = place_model(detector.model, device, cfg.train.channels_last)  # as evaluate.py places it
     detector.eval()
-    amp, why = resolve_amp(cfg.train.amp, device)  # the checkpoint's train.amp, resolved for this machine
-    if amp == "fp16" and device.type != "cuda":
-        amp, why = "none", f"the checkpoint's train.amp=fp16 needs CUDA; fp32 on {device}"
-    print(f"mixed precision {amp} ({why})")
+    amp, why = resolve_eval_amp(cfg.eval.amp, device, f"{ckpt_path} (config)")  # not train.amp: see eval.amp
+    print(f"precision {amp} ({why})")
     run_dir = ckpt_path.parent.parent
     source = (lambda: load_report(run_dir), str(run_dir / FILE_NAME), f"no {FILE_NAME} in {run_dir}", ckpt.iteration)
 
@@ -124,7 +129,7 @@ def load_checkpoint_model(ckpt_path: Path, device_name: str) -> tuple[Callable, 
         with autocast(device, amp):
             return detector(images)
 
-    return detect, ckpt.categories, source
+    return detect, ckpt.categories, source, amp
 
 
 def load_onnx_model(path: Path) -> tuple[OnnxDetector, list[dict], tuple]:
@@ -140,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.model:
         detector, categories, threshold_source = load_onnx_model(Path(args.model))
+        amp = "none"  # an exported file runs in fp32
     else:
-        detector, categories, threshold_source = load_checkpoint_model(Path(args.checkpoint), args.device)
+        detector, categories, threshold_source, amp = load_checkpoint_model(Path(args.checkpoint), args.device, args.set)
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = Detections(det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu())
         drawn = draw_detections(image, kept.boxes_xyxy, [names[int(l)] for l in kept.labels], kept.scores.tolist())
         Image.fromarray(drawn).save(out_dir / f"{path.stem}.png")
-        records += [{**r, "file_name": path.name} for r in detections_to_coco(image_id, kept, category_ids)]
+        records += [{**r, "file_name": path.name, "amp": amp} for r in detections_to_coco(image_id, kept, category_ids)]
         print(f"{path.name}: {int(keep.sum())} detections")
     (out_dir / "detections.json").write_text(json.dumps(records))
     print(f"wrote {out_dir}/ (drawn images and detections.json)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retinanet.config import Config, from_dict
+from retinanet.config import Config, deep_merge, from_dict, parse_overrides
 from retinanet.fileio import RunFileError
 
 
@@ -55,9 +56,10 @@ class Checkpoint:
     evals_without_gain: int = 0  # early stopping's count (train.patience)
     version: int = SCHEMA_VERSION
 
-    def build_config(self, source: str = "checkpoint") -> Config:
-        """The run's config as a frozen Config (with `model.num_classes` set)."""
-        return from_dict(self.config, source)
+    def build_config(self, source: str = "checkpoint", overrides: Sequence[str] = ()) -> Config:
+        """The run's config as a frozen Config (with `model.num_classes` set), with `--set` overrides."""
+        tree = parse_overrides(overrides)
+        return from_dict(deep_merge(self.config, tree) if tree else self.config, f"{source} + --set" if tree else source)
 
     @property
     def inference_weights(self) -> dict[str, torch.Tensor]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import platform
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -12,6 +15,7 @@ import torch
 from torch import nn
 
 from retinanet.config import ConfigError
+from retinanet.fileio import RunFileError, write_text_atomic
 
 
 def resolve_device(name: str) -> torch.device:
@@ -20,14 +24,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_amp(amp: str, device: torch.device, source: str) -> None:
+def check_amp(amp: str, device: torch.device, source: str, key: str = "train.amp") -> None:
     """bf16 works on CPU and GPU; fp16 needs a GPU (and a GradScaler). Checked once at start-up."""
     if amp == "fp16" and device.type != "cuda":
-        raise ConfigError(f"{source}: train.amp: fp16 needs a CUDA device, this run is on {device}; use bf16")
+        raise ConfigError(f"{source}: {key}: fp16 needs a CUDA device, this run is on {device}; use bf16")
+
+
+# Forces the AMX probe: 1 = behave as a CPU with AMX (auto picks bf16), 0 = as one without. Lets the
+# suite (and a user) run as the other kind of machine would; bf16 autocast runs on any CPU, only slower.
+AMX_ENV = "RETINANET_CPU_AMX"
 
 
 def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """AMX tiles with bf16 (Intel Sapphire Rapids and later): the kernel's CPU flag, else torch's own probe."""
+    """AMX tiles with bf16 (Intel Sapphire Rapids and later): $RETINANET_CPU_AMX when set, else the
+    kernel's CPU flag, else torch's own probe."""
+    forced = os.environ.get(AMX_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ConfigError(f"{AMX_ENV}={forced}: must be 0 (no AMX) or 1 (AMX); unset it to probe the CPU")
+        return forced == "1"
     try:
         if re.search(r"\bamx_bf16\b", cpuinfo.read_text()):
             return True
@@ -36,11 +51,11 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
-    """`train.amp` -> ("none" | "bf16" | "fp16", why). auto picks bf16 only where the hardware has bf16
-    matrix units: on a CPU without AMX oneDNN's bf16 convolutions are slower than fp32 ones."""
+def resolve_amp(amp: str, device: torch.device, key: str = "train.amp") -> tuple[str, str]:
+    """`train.amp` or `eval.amp` -> ("none" | "bf16" | "fp16", why). auto picks bf16 only where the hardware
+    has bf16 matrix units: on a CPU without AMX oneDNN's bf16 convolutions are slower than fp32 ones."""
     if amp != "auto":
-        return amp, f"train.amp={amp} as configured"
+        return amp, f"{key}={amp} as configured"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         if torch.cuda.is_bf16_supported(including_emulation=False):
@@ -51,6 +66,16 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
             return "bf16", "auto: the CPU has AMX (amx_bf16)"
         return "none", "auto: the CPU has no AMX, where bf16 convolutions are slower than fp32; fp32"
     return "none", f"auto: no bf16 rule for device {device}, fp32"
+
+
+def resolve_eval_amp(amp: str, device: torch.device, source: str) -> tuple[str, str]:
+    """`eval.amp` -> (precision, why): the precision of every evaluation and prediction of record.
+
+    Its default, none, gives a checkpoint the same detections on every machine whatever `train.amp`
+    resolved to where it trained; auto or bf16 trade that for speed (docs/speed.md).
+    """
+    check_amp(amp, device, source, "eval.amp")
+    return resolve_amp(amp, device, "eval.amp")
 
 
 # Iterations after which torch.compile has repaid its compile time, where it gains per step at all
@@ -76,26 +101,103 @@ def resolve_compile(compile: str, device: torch.device, amp: str, max_iters: int
 
 @dataclass(frozen=True)
 class Runtime:
-    """What `auto` resolved to on this machine, and why: the log line and the model card say it."""
+    """What `auto` resolved to on this machine, and why: the log line, runtime.json and the model card say it."""
 
-    amp: str  # "none" | "bf16" | "fp16"
+    amp: str  # train.amp as resolved: "none" | "bf16" | "fp16" (training steps only)
     amp_reason: str
     compile: bool
     compile_reason: str
+    eval_amp: str = "none"  # eval.amp as resolved: evaluations during training
+    eval_amp_reason: str = "eval.amp=none as configured"
+    requested: dict[str, str] | None = None  # train.amp, train.compile, eval.amp as configured
 
     def describe(self) -> str:
         return (f"mixed precision {self.amp} ({self.amp_reason}); torch.compile {'on' if self.compile else 'off'} "
-                f"({self.compile_reason})")
+                f"({self.compile_reason}); evaluation precision {self.eval_amp} ({self.eval_amp_reason})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def resolve_runtime(amp: str, compile: str, device: torch.device, max_iters: int) -> Runtime:
-    """`train.amp` and `train.compile` resolved once for a run."""
+def resolve_runtime(
+    amp: str, compile: str, device: torch.device, max_iters: int, eval_amp: str = "none", source: str = "<config>"
+) -> Runtime:
+    """`train.amp`, `train.compile` and `eval.amp` resolved once for a run."""
     amp_choice, amp_reason = resolve_amp(amp, device)
     on, compile_reason = resolve_compile(compile, device, amp_choice, max_iters)
-    return Runtime(amp_choice, amp_reason, on, compile_reason)
+    eval_choice, eval_reason = resolve_eval_amp(eval_amp, device, source)
+    requested = {"train.amp": amp, "train.compile": compile, "eval.amp": eval_amp}
+    return Runtime(amp_choice, amp_reason, on, compile_reason, eval_choice, eval_reason, requested)
+
+
+def cpu_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
+    """The CPU model and the flags that decide bf16 speed (AMX tiles, AVX-512 bf16/fp16, VNNI), as the kernel lists them."""
+    wanted = ("amx_bf16", "amx_tile", "amx_int8", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f", "avx512_vnni",
+              "avx_vnni", "avx2")
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return name, [f for f in wanted if f in flags]
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a number depends on besides the config (detectron2's collect_env, in short): library
+    versions, the float32 matmul/conv precision settings (TF32, oneDNN), and the CPU's bf16 units or the GPU."""
+    import torchvision
+
+    mkldnn = torch.backends.mkldnn
+    onednn = re.search(r"(?:oneDNN|MKL-DNN) v(\S+)", torch.__config__.show())
+    cpu, flags = cpu_facts()
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "onednn": onednn.group(1) if onednn and mkldnn.is_available() else None,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "onednn_fp32_precision": getattr(getattr(mkldnn, "matmul", None), "fp32_precision", None),
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "amx_override": os.environ.get(AMX_ENV) or None,
+        "cpu_has_amx": cpu_has_amx(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    return env
+
+
+RUNTIME_FILE = "runtime.json"
+
+
+def write_runtime_record(run_dir: Path, runtime: Runtime, device: torch.device) -> Path:
+    """runtime.json in the run folder, at start-up: what the run resolved and where it ran, so a number
+    can be reproduced from the folder even when the run died before its model card."""
+    path = Path(run_dir) / RUNTIME_FILE
+    write_text_atomic(path, json.dumps(runtime_record(runtime, device), indent=2))
+    return path
+
+
+def runtime_record(runtime: Runtime, device: torch.device) -> dict[str, Any]:
+    """The runtime.json content (also the model card's `runtime`): the choices and the environment."""
+    return {**runtime.to_dict(), "device": str(device), "environment": environment(device)}
+
+
+def read_runtime_record(run_dir: Path) -> dict[str, Any] | None:
+    """runtime.json of a run folder, None for a run from before it existed."""
+    path = Path(run_dir) / RUNTIME_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunFileError(f"{path}: not valid JSON ({exc.msg}); delete it, the run rewrites it on --resume") from None
 
 
 def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:

@@ -41,7 +41,10 @@ from retinanet.engine.logger import METRICS_FILE, RunLogger, read_metrics, setup
 from retinanet.engine.optim import build_optimizer, build_scheduler
 from retinanet.engine.profiling import phase
 from retinanet.engine.run_folder import BEST, LAST, checkpoint_path, default_output_dir, prepare_run_folder
-from retinanet.engine.runtime import Runtime, autocast, check_amp, compile_model, place_model, resolve_device, resolve_runtime
+from retinanet.engine.runtime import (
+    Runtime, autocast, check_amp, compile_model, place_model, resolve_device, resolve_runtime, runtime_record,
+    write_runtime_record,
+)
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.model_card import finish_training_run
 from retinanet.evaluation.operating_point import IOU, class_scalars
@@ -170,7 +173,7 @@ class Trainer:
     source: str  # the config file, for error messages
     out_dir: Path
     device: torch.device
-    runtime: Runtime  # train.amp and train.compile as resolved on this machine
+    runtime: Runtime  # train.amp, train.compile and eval.amp as resolved on this machine
     model: nn.Module  # the plain module (compiled in place when runtime.compile): checkpoints and evaluation
     ddp_model: nn.Module  # what the step runs: `model`, or `model` wrapped in DDP
     criterion: DetectionLoss
@@ -233,8 +236,10 @@ class Trainer:
         if cfg.train.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = place_model(model, device, cfg.train.channels_last)
-        runtime = resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters)
+        runtime = resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters, cfg.eval.amp, config)
         log.info("runtime: %s", runtime.describe())
+        if distributed.is_main_process():
+            write_runtime_record(out_dir, runtime, device)
         if runtime.compile:
             model = compile_model(model)
         optimizer = build_optimizer(cfg.train, model)
@@ -349,7 +354,7 @@ class Trainer:
         assert self.val_set is not None and self.val_loader is not None and self.evaluator is not None
         metrics, _, kept = evaluate(
             self.eval_model, self.postprocess, self.val_loader, self.evaluator, self.val_set.category_map.category_ids,
-            self.device, self.runtime.amp, keep_images=cfg.eval.num_vis_images, criterion=self.val_criterion,
+            self.device, self.runtime.eval_amp, keep_images=cfg.eval.num_vis_images, criterion=self.val_criterion,
         )
         self.metrics = metrics
         if self.main_process:
@@ -406,7 +411,7 @@ class Trainer:
         card = finish_training_run(
             self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, self.progress.iteration,
             self.progress.train_seconds, self.device, world_size=distributed.get_world_size(),
-            runtime=self.runtime.to_dict(),
+            runtime=runtime_record(self.runtime, self.device),
         )
         log.info("model card: %s", card)
         log.info("done: %d iterations in %.0fs of training; run folder %s", self.progress.iteration,
@@ -430,6 +435,7 @@ def check_train_config(cfg: Config, source: str, device: torch.device, world: in
     if cfg.train.sync_bn and device.type != "cuda":
         raise ConfigError(f"{source}: train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernels); remove it")
     check_amp(cfg.train.amp, device, source)
+    check_amp(cfg.eval.amp, device, source, "eval.amp")
 
 
 def read_on_main(path: Path) -> Checkpoint:

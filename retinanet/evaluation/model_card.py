@@ -44,7 +44,8 @@ class ModelCard:
     operating_point: dict[str, Any] | None = None  # operating_point.json content
     written_by: str = "train.py"
     score_distribution: dict[str, Any] | None = None  # drift.score_distribution of the val evaluation
-    # train.amp / train.compile as resolved on the training machine: amp, amp_reason, compile, compile_reason
+    # engine.runtime.runtime_record on the training machine (runtime.json): train.amp, train.compile and
+    # eval.amp as requested and resolved (amp, compile, eval_amp and their reasons), and the environment
     runtime: dict[str, Any] | None = None
 
 
@@ -124,7 +125,7 @@ def finish_training_run(
 
     `data` holds the splits' `CocoDetection.summary()` ("train", and "val" or None); `evaluator` is the
     one of the final evaluation (of checkpoints/last.pt), None without a val set. `runtime` is
-    `engine.runtime.Runtime.to_dict()`: the mixed precision and compile choice and why.
+    `engine.runtime.runtime_record`: the precision and compile choices and why, and the environment.
     """
     report = None
     if evaluator is not None and data.get("val") is not None:
@@ -364,6 +365,15 @@ def _training_section(training: dict[str, Any], runtime: dict[str, Any] | None) 
     if runtime is not None:
         lines += [f"- mixed precision: {runtime['amp']} ({runtime['amp_reason']})",
                   f"- torch.compile: {'on' if runtime['compile'] else 'off'} ({runtime['compile_reason']})"]
+        if "eval_amp" in runtime:
+            lines.append(f"- evaluation precision: {runtime['eval_amp']} ({runtime['eval_amp_reason']})")
+        env = runtime.get("environment")
+        if env:
+            units = ", ".join(env.get("cpu_flags") or []) or "none listed"
+            gpu = f"; GPU {env['gpu']} (capability {env['gpu_capability']})" if env.get("gpu") else ""
+            lines.append(f"- environment: torch {env['torch']}, torchvision {env['torchvision']}, CUDA {env['cuda']}, "
+                         f"float32 matmul precision {env['float32_matmul_precision']}, CPU flags {units}{gpu} "
+                         f"(all of it in `runtime.json`)")
     if hw is None:
         return lines + ["- hardware: not recorded", ""]
     if "gpu" in hw:

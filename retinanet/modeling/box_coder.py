@@ -7,7 +7,6 @@ import torch
 from torch import Tensor
 
 
-
 class BoxCoder:
     """Encodes boxes_xyxy against anchors and decodes deltas back.
 
@@ -20,7 +19,8 @@ class BoxCoder:
         self.scale_clamp = float(scale_clamp)
 
     def encode(self, boxes_xyxy: Tensor, anchors_xyxy: Tensor) -> Tensor:
-        """(..., 4) target boxes and anchors -> (..., 4) deltas."""
+        """(..., 4) target boxes and anchors -> (..., 4) deltas, in float32 whatever the inputs' dtype."""
+        boxes_xyxy, anchors_xyxy = boxes_xyxy.float(), anchors_xyxy.float()
         wx, wy, ww, wh = self.weights
         aw = anchors_xyxy[..., 2] - anchors_xyxy[..., 0]
         ah = anchors_xyxy[..., 3] - anchors_xyxy[..., 1]
@@ -35,8 +35,9 @@ class BoxCoder:
         )
 
     def decode(self, deltas: Tensor, anchors_xyxy: Tensor) -> Tensor:
-        """(..., 4) deltas and anchors -> (..., 4) boxes_xyxy, computed in the anchors' dtype."""
-        deltas = deltas.to(anchors_xyxy.dtype)
+        """(..., 4) deltas and anchors -> (..., 4) boxes_xyxy, in float32 whatever the inputs' dtype
+        (deltas from a bf16 head are widened before they meet the anchors)."""
+        deltas, anchors_xyxy = deltas.float(), anchors_xyxy.float()
         wx, wy, ww, wh = self.weights
         aw = anchors_xyxy[..., 2] - anchors_xyxy[..., 0]
         ah = anchors_xyxy[..., 3] - anchors_xyxy[..., 1]

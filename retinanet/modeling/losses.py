@@ -219,8 +219,12 @@ class DetectionLoss:
         self.ema_normalizer = float(state["ema_normalizer"])
 
     def assign(self, anchors: Tensor, targets: Sequence[Target]) -> tuple[Tensor, Tensor]:
-        """Per-anchor labels (N, R) and matched boxes_xyxy (N, R, 4), matched for the whole batch at once."""
-        boxes = pad_sequence([t.boxes_xyxy.to(anchors.dtype) for t in targets], batch_first=True)  # (N, M, 4)
+        """Per-anchor labels (N, R) and matched boxes_xyxy (N, R, 4), matched for the whole batch at once.
+
+        In float32 whatever the caller's autocast: IoU against bf16 boxes would move anchors across
+        the fg/bg thresholds."""
+        anchors = anchors.float()
+        boxes = pad_sequence([t.boxes_xyxy.float() for t in targets], batch_first=True)  # (N, M, 4)
         labels = pad_sequence([t.labels for t in targets], batch_first=True)  # (N, M)
         iscrowd = pad_sequence([t.iscrowd for t in targets], batch_first=True)  # (N, M)
         counts = torch.tensor([t.labels.numel() for t in targets], device=anchors.device)
@@ -236,7 +240,7 @@ class DetectionLoss:
 
     def __call__(self, outputs: HeadOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
         anchors = outputs.anchors
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device_type=anchors.device.type, enabled=False):
             labels, matched_boxes = self.assign(anchors, targets)  # (N, R), (N, R, 4)
         valid = labels != IGNORE_LABEL
         pos = valid & (labels != self.num_classes)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from retinanet.modeling.anchors import AnchorGenerator, sizes_per_level
@@ -51,13 +52,17 @@ class RetinaNet(nn.Module):
         return self.head.num_classes
 
     def forward(self, images: Tensor) -> HeadOutputs:
-        """images: (N, 3, H, W) normalized and padded -> HeadOutputs with (N, R, K), (N, R, 4), (R, 4)."""
+        """images: (N, 3, H, W) normalized and padded -> HeadOutputs with (N, R, K), (N, R, 4), (R, 4).
+
+        The anchors are float32 whatever the autocast: in bf16 (8 significant bits) a coordinate near
+        1000 px lands on a 4-8 px grid, and matching, regression targets and decoding all use them.
+        """
         features = self.fpn(self.backbone(images))
         cls_logits, box_deltas = self.head(features)
         anchors, per_level = self.anchor_generator(
-            tuple(images.shape[-2:]), [tuple(f.shape[-2:]) for f in features], images.device, box_deltas.dtype
+            tuple(images.shape[-2:]), [tuple(f.shape[-2:]) for f in features], images.device, torch.float32
         )
-        return HeadOutputs(cls_logits=cls_logits, box_deltas=box_deltas, anchors=anchors.float(), num_anchors_per_level=per_level)
+        return HeadOutputs(cls_logits=cls_logits, box_deltas=box_deltas, anchors=anchors, num_anchors_per_level=per_level)
 
 
 def build_model(cfg: Config, num_classes: int | None = None) -> RetinaNet:
