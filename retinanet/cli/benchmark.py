@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after timing, profile one train step and one inference of `ours` and of torchvision_best (eager): "
         "phase times printed, op tables and Chrome traces in DIR",
     )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be >= 1")
