@@ -64,3 +64,17 @@ def test_an_output_folder_that_cannot_exist_stops_before_the_timing(flag: str, v
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f" error: {flag}: cannot create the folder {tmp_path / 'blocker'}" in err
     assert err.endswith("(Not a directory); give a writable folder path")
+
+
+def test_without_the_export_extra_the_onnx_row_is_skipped_with_a_note(monkeypatch, capsys) -> None:
+    from retinanet.config import ConfigError
+    from retinanet.studies import benchmark as study
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert study.onnx_row_runs(by_default=True) is False
+    assert capsys.readouterr().out == (
+        "note: the onnxruntime row is skipped: onnxruntime not installed (`pip install -e .[export]`)\n")
+    monkeypatch.setattr(study, "require", lambda name: (_ for _ in ()).throw(ConfigError(f"{name} is not installed")))
+    with pytest.raises(ConfigError, match="^onnxruntime is not installed"):  # asked for by --rows: a one-line error
+        study.onnx_row_runs(by_default=False)

@@ -101,3 +101,18 @@ def test_overfit_one_batch(tiny_cfg) -> None:
         losses.append(out["loss"].item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.35 * losses[0], losses
+
+
+def test_model_card_prints_the_frozen_stages_build_model_applies(tmp_path) -> None:
+    """weights=none trains every stage whatever frozen_stages says; the card says 0, as the model does."""
+    import torchvision
+
+    from retinanet.evaluation.model_card import _config_section
+
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    for weights, expected in (("none", 0), (str(path), 2)):
+        cfg = load_config(None, TINY_OVERRIDES + [f"model.backbone.weights={weights}", "model.backbone.frozen_stages=2"])
+        model = build_model(cfg, num_classes=2)
+        assert model.backbone.frozen_stages == expected
+        assert f"frozen stages {expected})" in "\n".join(_config_section(cfg, world_size=1))

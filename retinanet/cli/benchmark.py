@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="add a row with torch.compile on the `ours` setting")
     parser.add_argument(
         "--rows", default="",
-        help="comma-separated lever rows, ours_compiled, onnxruntime (default: all); torchvision, ours_fp32 and ours "
-        "always run"
+        help="comma-separated lever rows, ours_compiled, onnxruntime (default: all); torchvision, torchvision_best, "
+        "ours_fp32 and ours always run"
     )
     parser.add_argument("--loader-batches", type=int, default=20, help="batches timed in the loader row (0 = skip)")
     parser.add_argument("--eval-images", type=int, default=300, help="images in the COCO-eval timing (0 = skip)")
@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after timing, profile one train step and one inference of `ours` and of torchvision_best (eager): "
         "phase times printed, op tables and Chrome traces in DIR",
     )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be >= 1")

@@ -22,8 +22,14 @@ CONFIG = "configs/demo_cpu.yaml"
 OUTPUT = "runs/demo"
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    parse_args(argv)
     start = time.time()
     os.chdir(REPO)  # the config's dataset paths are relative to the repository
     make_dataset(REPO / "data" / "synthetic", seed=0, num_train=3000, num_val=300, image_size=128)

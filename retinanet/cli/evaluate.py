@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--checkpoint", help="checkpoint written by train.py")
     source.add_argument("--predictions", help="COCO results JSON to evaluate without a model")
     source.add_argument("--model", help="ONNX file written by scripts/export.py; its own preprocessing is used")
-    parser.add_argument("--output-dir", default=None, help="where to write metrics.json (default: beside the input)")
+    parser.add_argument("--output-dir", default=None, help="where to write metrics.json and the report (default: the run folder of "
+                        "--checkpoint, i.e. the folder above checkpoints/; the folder of --predictions or --model)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-precision", metavar="P", help="score thresholds: most recall at precision >= P")
     target.add_argument("--target-recall", metavar="R", help="the highest score thresholds with recall >= R")

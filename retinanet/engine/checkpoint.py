@@ -124,6 +124,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def previous_path(path: Path) -> Path:
+    """Where save_checkpoint keeps the file it replaces: `last.pt` -> `last.prev.pt`."""
+    return path.with_name(path.stem + ".prev.pt")
+
+
 def save_checkpoint(state: dict[str, Any], path: Path, keep_previous: bool = True) -> None:
     """Write atomically: temp file, fsync, rename. The previous file survives as `<name>.prev.pt`.
 
@@ -143,7 +148,7 @@ def save_checkpoint(state: dict[str, Any], path: Path, keep_previous: bool = Tru
             "is intact; free disk space and continue with --resume"
         ) from None
     if keep_previous and path.exists():
-        prev = path.with_name(path.stem + ".prev.pt")
+        prev = previous_path(path)
         prev_tmp = path.with_name(f".{prev.name}.tmp")
         shutil.copyfile(path, prev_tmp)
         os.replace(prev_tmp, prev)

@@ -20,6 +20,9 @@ from retinanet.evaluation.evaluator import STAT_NAMES
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+# What SummaryWriter writes into the run folder: the main run's events and the hparams sub-run.
+TENSORBOARD_FILES = ("events.out.tfevents.*", "hparams/")
 
 
 def setup_file_logging(path: Path) -> None:

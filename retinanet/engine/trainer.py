@@ -37,10 +37,10 @@ from retinanet.engine.checkpoint import (
 )
 from retinanet.engine.ema import ModelEMA
 from retinanet.engine.inference import evaluate
-from retinanet.engine.logger import METRICS_FILE, RunLogger, read_metrics, setup_file_logging
+from retinanet.engine.logger import LOG_FILE, METRICS_FILE, RunLogger, read_metrics, setup_file_logging
 from retinanet.engine.optim import build_optimizer, build_scheduler
 from retinanet.engine.profiling import phase
-from retinanet.engine.run_folder import BEST, LAST, checkpoint_path, default_output_dir, prepare_run_folder
+from retinanet.engine.run_folder import BEST, CONFIG_FILE, LAST, checkpoint_path, default_output_dir, prepare_run_folder
 from retinanet.engine.runtime import (
     Runtime, autocast, check_amp, compile_model, place_model, resolve_device, resolve_runtime, runtime_record,
     write_runtime_record,
@@ -49,7 +49,7 @@ from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.model_card import finish_training_run
 from retinanet.evaluation.operating_point import IOU, class_scalars
 from retinanet.evaluation.report import training_figures
-from retinanet.evaluation.training_summary import plot_training_summary
+from retinanet.evaluation.training_summary import FILE_NAME as SUMMARY_FILE, plot_training_summary
 from retinanet.evaluation.visualize import draw_comparison
 from retinanet.modeling.losses import DetectionLoss
 from retinanet.modeling.model import build_criterion, build_model, build_postprocess
@@ -214,7 +214,7 @@ class Trainer:
         if distributed.is_main_process():
             try:
                 prepare_run_folder(out_dir, resume)
-                setup_file_logging(out_dir / "train.log")
+                setup_file_logging(out_dir / LOG_FILE)
             except (FileExistsError, FileNotFoundError, PermissionError) as exc:
                 folder_error = exc
         distributed.raise_from_main(folder_error)
@@ -229,7 +229,7 @@ class Trainer:
             )
         cfg = replace(cfg, **{"model.num_classes": cfg.model.num_classes or train_set.category_map.num_classes})
         if distributed.is_main_process():
-            save_config(cfg, out_dir / "config.yaml")
+            save_config(cfg, out_dir / CONFIG_FILE)
 
         class_counts = train_set.class_box_counts()  # n_c of class-balanced alpha, and "rarest" for the logs
         model = build_model(cfg)
@@ -406,7 +406,7 @@ class Trainer:
         self.logger.close()
         if not self.main_process:
             return 0
-        plot_training_summary(read_metrics(self.out_dir / METRICS_FILE), self.out_dir / "results.png")
+        plot_training_summary(read_metrics(self.out_dir / METRICS_FILE), self.out_dir / SUMMARY_FILE)
         data = {"train": self.train_set.summary(), "val": self.val_set.summary() if self.val_set is not None else None}
         card = finish_training_run(
             self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, self.progress.iteration,

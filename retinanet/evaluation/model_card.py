@@ -24,6 +24,7 @@ from retinanet.fileio import write_text_atomic
 from retinanet.evaluation.drift import MIN_SHIFT, score_distribution
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.evaluation.operating_point import IOU, OperatingPointReport, format_operating_point_table, save_report, search
+from retinanet.modeling.model import effective_frozen_stages
 
 
 log = logging.getLogger("retinanet.model_card")
@@ -253,7 +254,7 @@ def _config_section(cfg: Config, world_size: int) -> list[str]:
     batch += f" ({'; '.join(parts)})" if parts else ""
     rows = [
         ("backbone", f"{m.backbone.name} (weights {m.backbone.weights}, norm {m.backbone.norm}, "
-                     f"frozen stages {m.backbone.frozen_stages})"),
+                     f"frozen stages {effective_frozen_stages(m.backbone)})"),
         ("FPN", f"P3-P7, {m.fpn.channels} channels, P6 from {m.fpn.p6_from.upper()}"),
         ("head", f"{m.head.num_convs} convs x {m.head.channels} channels, norm {m.head.norm}, "
                  f"prior {m.head.prior_prob:g}, {m.num_classes} classes"),

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from retinanet.modeling.anchors import AnchorGenerator, sizes_per_level
 from retinanet.modeling.backbone import ResNetBackbone
 from retinanet.modeling.box_coder import BoxCoder
-from retinanet.config import Config, ConfigError
+from retinanet.config import BackboneConfig, Config, ConfigError
 from retinanet.modeling.fpn import FPN
 from retinanet.modeling.head import RetinaNetHead
 from retinanet.modeling.losses import DetectionLoss, class_balanced_alpha
@@ -65,6 +65,11 @@ class RetinaNet(nn.Module):
         return HeadOutputs(cls_logits=cls_logits, box_deltas=box_deltas, anchors=anchors, num_anchors_per_level=per_level)
 
 
+def effective_frozen_stages(backbone: BackboneConfig) -> int:
+    """The stages build_model freezes: none when the backbone starts from random weights (`weights: none`)."""
+    return backbone.frozen_stages if backbone.weights != "none" else 0
+
+
 def build_model(cfg: Config, num_classes: int | None = None) -> RetinaNet:
     """Model from config; num_classes overrides cfg.model.num_classes (0 there means: from the data)."""
     m = cfg.model
@@ -79,7 +84,7 @@ def build_model(cfg: Config, num_classes: int | None = None) -> RetinaNet:
     backbone = ResNetBackbone(
         m.backbone.name,
         norm=m.backbone.norm,
-        frozen_stages=m.backbone.frozen_stages if m.backbone.weights != "none" else 0,
+        frozen_stages=effective_frozen_stages(m.backbone),
         weights=m.backbone.weights,
     )
     fpn = FPN(backbone.out_channels, m.fpn.channels, m.fpn.p6_from)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -88,7 +89,7 @@ from retinanet.engine.profiling import PREDICT_PHASES, TRAIN_PHASES, phase, prof
 from retinanet.engine.inference import predict
 from retinanet.engine.trainer import StepOptions, train_step
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator
-from retinanet.modeling.export import DEFAULT_OPSET, ModelMetadata, export_onnx
+from retinanet.modeling.export import DEFAULT_OPSET, ModelMetadata, export_onnx, require
 from retinanet.modeling.model import build_criterion, build_model, build_postprocess
 from retinanet.modeling.onnx_detector import OnnxDetector
 from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -105,6 +106,7 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312.0),
 )
 ONNX_ROW = "onnxruntime"  # inference only, --device cpu
+EXPORT_MODULES = ("onnx", "onnxruntime", "onnxscript")  # the `export` extra: exporting and running the file
 LEVER_ROWS: tuple[tuple[str, str, bool], ...] = (  # name, amp, channels_last
     ("ours_fp32", "none", False),
     ("ours_fp32_channels_last", "none", True),
@@ -287,6 +289,18 @@ def ours_row(
         {"amp": amp, "channels_last": cfg.train.channels_last, "compiled": compiled},
         parts=parts, train_phases=TRAIN_PHASES, infer_phases=PREDICT_PHASES,
     )
+
+
+def onnx_row_runs(by_default: bool) -> bool:
+    """Whether the onnxruntime row can run: without the `export` extra a default run skips it with a note;
+    asked for by --rows, the missing package is a one-line error."""
+    missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
+    if missing and by_default:
+        print(f"note: the {ONNX_ROW} row is skipped: {', '.join(missing)} not installed (`pip install -e .[export]`)")
+        return False
+    for name in missing:
+        require(name)
+    return True
 
 
 def onnx_row(cfg: Config, tv_state: dict[str, torch.Tensor], batch: Batch, path: Path) -> Row:
@@ -604,7 +618,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if args.compile and (wanted is None or "ours_compiled" in wanted):
             cfg = ours_config(args, backbone_weights, amp, True)
             rows.append(ours_row("ours_compiled", cfg, tv_state, batch, device, compiled=True))
-        if device.type == "cpu" and (wanted is None or ONNX_ROW in wanted):
+        if device.type == "cpu" and (wanted is None or ONNX_ROW in wanted) and onnx_row_runs(wanted is None):
             rows.append(onnx_row(ours_config(args, backbone_weights, "none", False), tv_state, batch, tmp / "model.onnx"))
 
         report: dict[str, Any] = {"environment": environment(args, device, amp)}

@@ -33,6 +33,7 @@ from retinanet.config import Config, ConfigError, LossConfig, load_config, repla
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.operating_point import OperatingPointReport, load_report
 from retinanet.engine.logger import RunLogger, read_metrics, setup_file_logging
+from retinanet.engine.run_folder import discard_run_files
 from retinanet.fileio import RunFileError
 
 log = logging.getLogger("retinanet.compare_losses")
@@ -398,6 +399,8 @@ def execute(run: Run, config: str, base_sets: Sequence[str], env: dict[str, str]
             status = "resumed" if last.is_file() else "trained"
             log.info("%s: %s", tag, f"resuming from {last}" if last.is_file() else "training")
             command = [sys.executable, "-m", "retinanet.cli.train", "--config", config, "--output-dir", str(run.dir)]
+            if not last.is_file():
+                discard_run_files(run.dir)  # a run killed before its first checkpoint: train.py refuses to mix with it
             command += ["--resume"] if last.is_file() else []
             code = launcher([*command, "--set", *sets], console, env)
             if code != 0:
