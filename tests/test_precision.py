@@ -183,7 +183,7 @@ def test_eval_amp_not_train_amp_decides_the_metrics(trained_run: Path, tmp_path:
 def test_run_records_what_it_used(trained_run: Path) -> None:
     record = read_runtime_record(trained_run)
     assert record is not None and (trained_run / RUNTIME_FILE).is_file()
-    assert record["requested"] == {"train.amp": "none", "train.compile": "auto", "eval.amp": "none"}
+    assert record["requested"] == {"train.amp": "none", "train.compile": "false", "eval.amp": "none"}
     assert (record["amp"], record["eval_amp"]) == ("none", "none")
     env = record["environment"]
     assert env["torch"] == torch.__version__ and env["float32_matmul_precision"] == torch.get_float32_matmul_precision()

@@ -78,9 +78,14 @@ def resolve_eval_amp(amp: str, device: torch.device, source: str) -> tuple[str, 
     return resolve_amp(amp, device, "eval.amp")
 
 
-# Iterations after which torch.compile has repaid its compile time, where it gains per step at all
-# (CUDA; CPUs with AMX running bf16). Measured: docs/speed.md.
-COMPILE_BREAK_EVEN_ITERS = 2000
+# torch.compile's break-even, from the benchmark (docs/speed.md#where-torchcompile-pays): R50-FPN, 512 px,
+# batch 4, bf16 on a 2-core Xeon with AMX took 44 s to compile backbone, FPN and head and gained 0.141 s
+# per train step, 313 steps. A run compiles every part again in eval mode and once more when input sizes
+# first change (automatic dynamic shapes), so it pays about three compiles: 3 x 44 / 0.141 = 936 steps.
+COMPILE_SECONDS = 44.0
+COMPILE_STEP_GAIN_SECONDS = 0.141
+COMPILES_PER_RUN = 3
+COMPILE_BREAK_EVEN_ITERS = round(COMPILES_PER_RUN * COMPILE_SECONDS / COMPILE_STEP_GAIN_SECONDS)
 
 
 def resolve_compile(compile: str, device: torch.device, amp: str, max_iters: int) -> tuple[bool, str]:
