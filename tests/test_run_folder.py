@@ -16,13 +16,20 @@ def test_an_empty_or_new_folder_is_used(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "train.log", "metrics.jsonl", "events.out.tfevents.1.host.0"])
+@pytest.mark.parametrize("name", ["metrics.jsonl", "events.out.tfevents.1.host.0", "results.png"])
 def test_a_run_that_died_before_its_first_checkpoint_is_refused(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_text("")
     with pytest.raises(FileExistsError, match=rf"^{tmp_path} holds files of an earlier run .* choose another --output-dir"):
         prepare_run_folder(tmp_path, resume=False)
     with pytest.raises(FileNotFoundError, match="--resume: .*last.pt not found"):
         prepare_run_folder(tmp_path, resume=True)
+
+
+def test_a_start_that_stopped_before_training_is_started_again(tmp_path: Path) -> None:
+    """A config or data error stops train.py after it wrote its start-up files: fixing it and rerunning must work."""
+    for name in ("config.yaml", "train.log", "runtime.json"):
+        (tmp_path / name).write_text("")
+    prepare_run_folder(tmp_path, resume=False)
 
 
 def test_a_run_with_last_pt_needs_resume(tmp_path: Path) -> None:

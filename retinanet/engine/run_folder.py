@@ -43,9 +43,16 @@ def ensure_writable(directory: Path) -> None:
         ) from None
 
 
+# Written at start-up, before a step: a start that stopped there (a config or data error) left no results,
+# so the next start rewrites them (train.log appends) instead of refusing the folder.
+START_UP_FILES: tuple[str, ...] = (CONFIG_FILE, RUNTIME_FILE, LOG_FILE)
+
+
 def earlier_run_files(out_dir: Path) -> list[str]:
-    """The run files already in `out_dir` (a run that died before its first checkpoint leaves some)."""
-    return [pattern for pattern in RUN_FILES if any(Path(out_dir).glob(pattern.rstrip("/")))]
+    """The files of an earlier run's training in `out_dir` (a run that died before its first checkpoint
+    leaves some); the start-up files alone do not count."""
+    return [pattern for pattern in RUN_FILES
+            if pattern not in START_UP_FILES and any(Path(out_dir).glob(pattern.rstrip("/")))]
 
 
 def discard_run_files(out_dir: Path) -> None:
