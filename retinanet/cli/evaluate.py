@@ -3,6 +3,7 @@
     python evaluate.py --config FILE --checkpoint CKPT [--output-dir DIR] [--set KEY=VALUE ...]
     python evaluate.py --config FILE --predictions RESULTS.json [--output-dir DIR]
     python evaluate.py --config FILE --model model.onnx [--output-dir DIR]   (an exported file, onnxruntime on CPU)
+    python evaluate.py --config FILE --model model.onnx|model.xml --runtime openvino [--precision auto|f32|bf16]
     add --target-precision P, --target-recall R or --cost-fn C [--cost-fp F] to choose score thresholds
     (operating point; --cost-fn: the least C x missed + F x false positives, F = 1 by default)
 
@@ -31,7 +32,9 @@ from retinanet.data.coco import CocoDetection
 from retinanet.data.loaders import DatasetError, build_dataset, build_val_loader
 from retinanet.config import Config, ConfigError, load_config, replace
 from retinanet.fileio import RunFileError
-from retinanet.modeling.onnx_detector import OnnxDetector
+from retinanet.deploy.exported_detector import ExportedDetector
+from retinanet.deploy.load import RUNTIMES, open_model
+from retinanet.deploy.openvino_detector import PRECISIONS
 from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinanet.engine.runtime import check_amp, place_model, resolve_amp, resolve_device
 from retinanet.engine.inference import evaluate
@@ -54,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint written by train.py")
     source.add_argument("--predictions", help="COCO results JSON to evaluate without a model")
-    source.add_argument("--model", help="ONNX file written by scripts/export.py; its own preprocessing is used")
+    source.add_argument("--model", help="ONNX file or OpenVINO IR (.xml) written by scripts/export.py; its own "
+                        "preprocessing is used")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="--model: onnxruntime (default for .onnx) or openvino (default for .xml)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="--runtime openvino: float precision (auto: bf16 where the CPU has AMX)")
     parser.add_argument("--output-dir", default=None, help="where to write metrics.json (default: beside the input)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-precision", metavar="P", help="score thresholds: most recall at precision >= P")
@@ -116,12 +124,12 @@ def load_results(path: Path) -> list[dict]:
     return records
 
 
-def with_model_input(cfg: Config, detector: OnnxDetector) -> Config:
+def with_model_input(cfg: Config, detector: ExportedDetector) -> Config:
     """The config with the exported model's preprocessing, so the val set is prepared as the file expects."""
     pre = detector.metadata.preprocess
     if (tuple(pre["mean"]), tuple(pre["std"])) != (IMAGENET_MEAN, IMAGENET_STD):
         raise RunFileError(f"{detector.path}: normalization mean/std {pre['mean']}/{pre['std']} differ from the "
-                           "evaluation loader's ImageNet ones; evaluate it with OnnxDetector in your own loop")
+                           "evaluation loader's ImageNet ones; evaluate it with its detector in your own loop")
     size = int(pre["min_size"])
     return replace(cfg, input=dataclasses.replace(cfg.input, min_size=(size,), eval_min_size=size,
                                                    max_size=int(pre["max_size"]),
@@ -129,7 +137,7 @@ def with_model_input(cfg: Config, detector: OnnxDetector) -> Config:
 
 
 def evaluate_onnx(
-    detector: OnnxDetector, cfg: Config, val_set: CocoDetection, evaluator: CocoEvaluator
+    detector: ExportedDetector, cfg: Config, val_set: CocoDetection, evaluator: CocoEvaluator
 ) -> tuple[dict[str, Any], list[dict]]:
     """COCO metrics and result records of an exported model, through the loop that evaluates checkpoints.
 
@@ -154,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
         raise ConfigError(f"--score-thresh {args.score_thresh}: must be in [0, 1], e.g. --score-thresh 0.3")
     cfg = load_config(args.config, args.set)
-    detector = OnnxDetector(Path(args.model)) if args.model else None
+    detector = open_model(Path(args.model), args.runtime, args.precision) if args.model else None
     if detector is not None:
+        log.info("runtime %s", detector.describe())
         cfg = with_model_input(cfg, detector)
     val_set = build_dataset(cfg, "val", args.config)
     evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)
