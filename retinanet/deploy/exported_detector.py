@@ -34,12 +34,22 @@ class ExportedDetector:
     path: Path
     metadata: ModelMetadata
     input_shape: list[Any]
+    precision: str  # f32, bf16 or int8: what the graph runs in
 
     def _read_preprocess(self) -> None:
         pre = self.metadata.preprocess
         self.min_size, self.max_size = int(pre["min_size"]), int(pre["max_size"])
         self.size_divisible = int(pre["size_divisible"])
         self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
+
+    @property
+    def label(self) -> str:
+        """The runtime, its version and precision in a few words (a table row)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What it runs under and why (printed by predict and evaluate)."""
+        return self.label
 
     def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> list[np.ndarray]:
         """The graph's four outputs for one batch of the graph's shape (arrays the caller may keep)."""

@@ -41,8 +41,10 @@ class OnnxDetector(ExportedDetector):
         self.precision = "f32"
         self._read_preprocess()
 
-    def describe(self) -> str:
+    @property
+    def label(self) -> str:
         return f"onnxruntime {require('onnxruntime').__version__} CPU fp32"
+
 
     def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {INPUT_NAMES[0]: images, INPUT_NAMES[1]: image_sizes})

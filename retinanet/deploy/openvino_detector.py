@@ -83,6 +83,12 @@ class OpenVinoDetector(ExportedDetector):
         self.version = ov.get_version().split("-")[0]
         self._read_preprocess()
 
+    @property
+    def label(self) -> str:
+        """Short: `OpenVINO 2026.4.1 CPU bf16`, or `... CPU int8+bf16` (the other layers' precision after the +)."""
+        shown = f"int8+{self.float_precision}" if self.precision == "int8" else self.float_precision
+        return f"OpenVINO {self.version} CPU {shown}"
+
     def describe(self) -> str:
         """What it runs under, e.g. `OpenVINO 2026.4.1 CPU int8 (other layers bf16: auto: the CPU has AMX (amx_bf16))`."""
         if self.precision == "int8":

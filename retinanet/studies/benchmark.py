@@ -318,7 +318,7 @@ def exported_row(name: str, detector: ExportedDetector, batch: Batch, size: int)
 
     settings = {"amp": "none" if detector.precision == "f32" else detector.precision, "channels_last": False, "compiled": False, "onnx_opset": DEFAULT_OPSET,
                 "runtime": detector.describe()}
-    return Row(name, detector.describe(), None, infer_step, lambda: (0, size), settings)
+    return Row(name, detector.label, None, infer_step, lambda: (0, size), settings)
 
 
 def openvino_rows(path: Path, metadata: ModelMetadata, batch: Batch, size: int, wanted: set[str] | None) -> list[Row]:
