@@ -223,6 +223,7 @@ def test_evaluate_model_equals_checkpoint(run: dict, tmp_path: Path) -> None:
     assert evaluate.main(common + [*other_sizes, "--model", str(run["dynamic"]), "--output-dir", str(tmp_path / "onnx")]) == 0
     by_ckpt = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
     by_model = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
+    assert by_model["runtime"].startswith("onnxruntime ") and "runtime" not in by_ckpt
     for name in STAT_NAMES:
         a, b = by_ckpt[name], by_model[name]
         assert (a is None and b is None) or abs(a - b) <= 1e-4, (name, a, b)

@@ -7,7 +7,8 @@
     add --target-precision P, --target-recall R or --cost-fn C [--cost-fp F] to choose score thresholds
     (operating point; --cost-fn: the least C x missed + F x false positives, F = 1 by default)
 
-Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class) and,
+Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class; for --model
+also `runtime`, the engine and precision it ran under) and,
 with a checkpoint, OUTPUT_DIR/detections.json (COCO results: original image and category ids).
 With a target: OUTPUT_DIR/operating_point.json and, for a checkpoint, operating_point.json and
 MODEL_CARD.md in its run folder (the checkpoint's parent's parent), where predict.py finds them.
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "detections.json").write_text(json.dumps(results))
         log.info("wrote %d detections to %s", len(results), out_dir / "detections.json")
 
-    (out_dir / "metrics.json").write_text(json.dumps(metrics_for_file(metrics), indent=2))
+    runtime = {"runtime": detector.describe()} if detector is not None else {}  # what an exported file ran under
+    (out_dir / "metrics.json").write_text(json.dumps({**metrics_for_file(metrics), **runtime}, indent=2))
     print(format_metrics_table(metrics))
     print(f"metrics: {out_dir / 'metrics.json'}")
     if target is not None:

@@ -78,5 +78,5 @@ def quantize_int8(model: Any, inputs: list[dict[str, np.ndarray]]) -> tuple[Any,
         model, nncf.Dataset(inputs), subset_size=len(inputs), preset=nncf.QuantizationPreset.PERFORMANCE,
         ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
     )
-    return quantized, {"tool": f"nncf {nncf.__version__}", "method": "post-training (min-max, performance preset)",
-                       "ignored_types": ignored}
+    method = "post-training (min-max, performance preset, fast bias correction)"
+    return quantized, {"tool": f"nncf {nncf.__version__}", "method": method, "ignored_types": ignored}
