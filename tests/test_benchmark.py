@@ -66,15 +66,18 @@ def test_an_output_folder_that_cannot_exist_stops_before_the_timing(flag: str, v
     assert err.endswith("(Not a directory); give a writable folder path")
 
 
-def test_without_the_export_extra_the_onnx_row_is_skipped_with_a_note(monkeypatch, capsys) -> None:
+def test_without_the_export_extra_the_exported_rows_are_skipped_with_a_note(monkeypatch, capsys) -> None:
     from retinanet.config import ConfigError
     from retinanet.studies import benchmark as study
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    assert study.onnx_row_runs(by_default=True) is False
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("onnxruntime", "nncf") else real(name, *a))
+    rows = {"onnxruntime", "openvino_f32", "openvino_int8"}
+    assert study.runnable_exported_rows(rows, by_default=True) == {"openvino_f32"}
     assert capsys.readouterr().out == (
-        "note: the onnxruntime row is skipped: onnxruntime not installed (`pip install -e .[export]`)\n")
+        "note: the onnxruntime row is skipped: onnxruntime not installed (`pip install -e .[export]`)\n"
+        "note: the openvino_int8 row is skipped: nncf not installed (`pip install -e .[export]`)\n")
     monkeypatch.setattr(study, "require", lambda name: (_ for _ in ()).throw(ConfigError(f"{name} is not installed")))
     with pytest.raises(ConfigError, match="^onnxruntime is not installed"):  # asked for by --rows: a one-line error
-        study.onnx_row_runs(by_default=False)
+        study.runnable_exported_rows({"onnxruntime"}, by_default=False)

@@ -1,4 +1,5 @@
-"""ONNX export: onnxruntime gives the PyTorch Detector's detections; the CLI's export, predict and evaluate.
+"""Export: onnxruntime and OpenVINO (f32) give the PyTorch Detector's detections; the CLI's export, predict and
+evaluate; constant folding (the folded export equals the unfolded one); an INT8 IR records its calibration.
 
 One tiny checkpoint (synthetic-set classes, a classification output spread so that real photos get
 0 to more than the cap of detections) is exported once with --dynamic and reused. Parity means:
@@ -11,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import openvino as ov
 import pytest
 import torch
 from onnx import TensorProto, helper
 
 from retinanet.cli import evaluate, export, predict
 from retinanet.cli.common import run_cli
-from retinanet.config import load_config, replace, to_dict
+from retinanet.config import ConfigError, load_config, replace, to_dict
 from retinanet.data.coco import load_image
 from retinanet.data.loaders import build_dataset
 from retinanet.engine.checkpoint import Checkpoint
@@ -25,9 +27,12 @@ from retinanet.evaluation.evaluator import STAT_NAMES
 from retinanet.evaluation.operating_point import ClassPoint, OperatingPoint, OperatingPointReport, save_report
 from retinanet.fileio import RunFileError
 from retinanet.modeling.detector import Detector
-from retinanet.modeling.export import METADATA_FORMAT, class_nms
+from retinanet.deploy.export import METADATA_FORMAT, ModelMetadata, class_nms, export_onnx
+from retinanet.deploy.fold import fold_constants
 from retinanet.modeling.model import build_model, build_postprocess
-from retinanet.modeling.onnx_detector import OnnxDetector
+from retinanet.deploy.onnx_detector import OnnxDetector
+from retinanet.deploy.openvino_detector import OpenVinoDetector, resolve_precision
+from retinanet.deploy.openvino_export import read_onnx, save_ir
 from retinanet.modeling.preprocess import prepare_images
 from tests.helpers import REPO, synthetic_overrides
 
@@ -218,6 +223,7 @@ def test_evaluate_model_equals_checkpoint(run: dict, tmp_path: Path) -> None:
     assert evaluate.main(common + [*other_sizes, "--model", str(run["dynamic"]), "--output-dir", str(tmp_path / "onnx")]) == 0
     by_ckpt = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
     by_model = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
+    assert by_model["runtime"].startswith("onnxruntime ") and "runtime" not in by_ckpt
     for name in STAT_NAMES:
         a, b = by_ckpt[name], by_model[name]
         assert (a is None and b is None) or abs(a - b) <= 1e-4, (name, a, b)
@@ -292,3 +298,140 @@ def test_cli_errors_are_one_line(run: dict, synthetic: Path, tmp_path: Path, cap
         assert len(errors) == 1 and errors[0].startswith(message), (argv, err)
         assert not any("Traceback" in line for line in err), argv
     assert not (tmp_path / "junk.onnx").exists()
+
+
+def _detect_in_batches(detector, photos: list[torch.Tensor], batch: int) -> list[dict]:
+    out = []
+    for start in range(0, len(photos), batch):
+        with torch.no_grad():
+            out += detector(photos[start : start + batch])
+    return out
+
+
+def test_fold_constants_puts_frozen_bn_into_the_weights() -> None:
+    """norm=frozen_bn (a multiply on the weights at each forward; norm=bn: `test_folded_export_equals_unfolded`),
+    with BN statistics far from identity: the folded copy has no BN left and the same outputs."""
+    cfg = load_config(DEMO, ["model.backbone.weights=none", "model.backbone.norm=frozen_bn", "model.num_classes=3"])
+    model = build_model(cfg)
+    for m in model.modules():
+        if hasattr(m, "running_var"):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_()
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    model.eval()
+    folded = fold_constants(model)
+    assert not any("BatchNorm" in type(m).__name__ for m in folded.modules())
+    assert any("BatchNorm" in type(m).__name__ for m in model.modules())  # the input is untouched
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = model(x), folded(x)
+    torch.testing.assert_close(b.cls_logits, a.cls_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.box_deltas, a.box_deltas, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="eval-mode"):
+        fold_constants(model.train())
+
+
+@pytest.mark.slow
+def test_folded_export_equals_unfolded(run: dict) -> None:
+    ckpt = Checkpoint.load(run["ckpt"])
+    cfg = replace(ckpt.build_config(), **{"model.num_classes": len(ckpt.categories)})
+    model = build_model(cfg).eval()
+    model.load_state_dict(ckpt.model)
+    props = {p.key: p.value for p in onnx.load(str(run["dynamic"])).metadata_props}
+    unfolded = export_onnx(model, build_postprocess(cfg), ModelMetadata.from_props(props, run["dynamic"]),
+                           run["root"] / "unfolded.onnx", dynamic=True, fold=False)
+    ops = {name: [n.op_type for n in onnx.load(str(name)).graph.node] for name in (run["dynamic"], unfolded)}
+    assert "BatchNormalization" not in ops[run["dynamic"]] and ops[unfolded].count("BatchNormalization") == 20
+    photos = [_photo(p) for p in PHOTOS]
+    folded_dets = _detect_in_batches(OnnxDetector(run["dynamic"]), photos, 3)
+    assert_same_detections(folded_dets, _detect_in_batches(OnnxDetector(unfolded), photos, 3))
+    assert sum(len(d["scores"]) for d in folded_dets) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 3])
+def test_openvino_f32_equals_pytorch_on_photos(run: dict, batch: int) -> None:
+    """The dynamic .onnx file at batch 1; at batch 3 the same graph as an IR with the metadata in its rt_info."""
+    path = run["dynamic"]
+    if batch == 3:
+        path = save_ir(read_onnx(path), OnnxDetector(path).metadata, run["root"] / "dynamic.xml")
+    photos = [_photo(p) for p in PHOTOS]
+    ref = _detect_in_batches(_torch_detector(run["ckpt"]), photos, batch)
+    detector = OpenVinoDetector(path, precision="f32")
+    assert detector.precision == "f32" and detector.describe().startswith("OpenVINO ")
+    assert detector.category_ids == Checkpoint.load(run["ckpt"]).category_ids
+    assert_same_detections(_detect_in_batches(detector, photos, batch), ref)
+    counts = [len(d["scores"]) for d in ref]
+    assert 0 in counts and any(c > 0 for c in counts), counts
+
+
+@pytest.mark.slow
+def test_openvino_f32_static_graph_equals_pytorch(run: dict) -> None:
+    detector = OpenVinoDetector(run["static"], precision="f32")
+    assert detector.input_shape == [3, 3, 96, 96]
+    squares = [_photo(p)[:, :200, :200] for p in PHOTOS[:4]]  # a chunk of 3, then 1 filled with blank images
+    assert_same_detections(detector(squares), _detect_in_batches(_torch_detector(run["static_ckpt"]), squares, 4))
+    with pytest.raises(RunFileError, match=r"takes input batches of shape \(3, 3, 96, 96\)"):
+        detector([_photo(PHOTOS[0])])
+
+
+def test_precision_resolution(monkeypatch) -> None:
+    monkeypatch.setattr("retinanet.deploy.openvino_detector.cpu_has_amx", lambda: True)
+    assert resolve_precision("auto", ["FP32", "BF16"]) == ("bf16", "auto: the CPU has AMX (amx_bf16)")
+    monkeypatch.setattr("retinanet.deploy.openvino_detector.cpu_has_amx", lambda: False)
+    assert resolve_precision("auto", ["FP32", "BF16"]) == ("f32", "auto: no AMX on this CPU")
+    assert resolve_precision("f32", ["FP32"]) == ("f32", "requested")
+    with pytest.raises(ConfigError, match="^--precision bf16: this CPU has no bf16 units"):
+        resolve_precision("bf16", ["FP32", "INT8"])
+
+
+def test_bad_input_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    plain_onnx = _onnx_without_metadata(tmp_path / "plain.onnx")
+    plain_ir = tmp_path / "plain.xml"
+    ov.save_model(ov.convert_model(str(plain_onnx)), str(plain_ir))
+    for path in (plain_onnx, plain_ir):
+        with pytest.raises(RunFileError, match=f"^{path}: no RetinaNet metadata .*scripts/export.py --checkpoint CKPT$"):
+            OpenVinoDetector(path, precision="f32")
+    monkeypatch.setattr("sys.argv", ["export.py"])
+    ckpt = tmp_path / "none.pt"
+    cases = [
+        (export.main, ["--checkpoint", str(ckpt), "--int8"],
+         "error: --int8: post-training quantization needs calibration images; add --calibration-config CONFIG"),
+        (export.main, ["--checkpoint", str(ckpt), "--int8", "--format", "onnx", "--calibration-config", DEMO],
+         "error: --int8 writes an OpenVINO IR: use --format openvino"),
+        (predict.main, ["--model", str(plain_ir), "--runtime", "onnxruntime", "--input", str(PHOTOS[0])],
+         f"error: --runtime onnxruntime: {plain_ir} is an OpenVINO IR; use --runtime openvino"),
+    ]
+    for main, argv, message in cases:
+        assert run_cli(lambda: main(argv)) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(message), (argv, err)
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # as if it were not installed
+    assert run_cli(lambda: predict.main(["--model", str(plain_onnx), "--runtime", "openvino", "--input",
+                                         str(PHOTOS[0])])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: openvino is not installed; export, onnxruntime and OpenVINO inference need "
+                   "`pip install -e .[export]` (requirements.txt pins the tested versions)"]
+
+
+@pytest.mark.slow
+def test_int8_export_records_its_calibration(run: dict, synthetic: Path, tmp_path: Path) -> None:
+    calibration = tmp_path / "calibration.yaml"
+    calibration.write_text(f"_base_: {DEMO}\ndata:\n  train:\n    images: {synthetic / 'train'}\n"
+                           f"    annotations: {synthetic / 'annotations' / 'instances_train.json'}\n")
+    out = tmp_path / "model_int8.xml"
+    argv = ["--checkpoint", str(run["static_ckpt"]), "--output", str(out), "--batch-size", "3", "--int8",
+            "--calibration-config", str(calibration), "--calibration-images", "4"]
+    assert run_cli(lambda: export.main(argv)) == 0
+    detector = OpenVinoDetector(out, precision="f32")
+    meta = detector.metadata
+    assert meta.precision == "int8" and detector.precision == "int8"
+    assert {k: meta.calibration[k] for k in ("config", "split", "images")} == {
+        "config": str(calibration), "split": "train", "images": 4}
+    assert meta.calibration["tool"].startswith("nncf ")
+    assert detector.describe().startswith("OpenVINO ") and " CPU int8 (other layers f32" in detector.describe()
+    assert sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(out)).get_ops()) > 0
+    squares = [_photo(p)[:, :200, :200] for p in PHOTOS[:3]]
+    assert len(detector(squares)) == 3
+    assert json.loads(json.dumps(meta.calibration)) == meta.calibration

@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="add a row with torch.compile on the `ours` setting")
     parser.add_argument(
         "--rows", default="",
-        help="comma-separated lever rows, ours_compiled, onnxruntime (default: all); torchvision, torchvision_best, "
-        "ours_fp32 and ours always run"
+        help="comma-separated lever rows, ours_compiled, onnxruntime, openvino_f32, openvino_bf16, openvino_int8 "
+        "(default: all); torchvision, torchvision_best, ours_fp32 and ours always run"
     )
     parser.add_argument("--loader-batches", type=int, default=20, help="batches timed in the loader row (0 = skip)")
     parser.add_argument("--eval-images", type=int, default=300, help="images in the COCO-eval timing (0 = skip)")

@@ -3,10 +3,12 @@
     python evaluate.py --config FILE --checkpoint CKPT [--output-dir DIR] [--set KEY=VALUE ...]
     python evaluate.py --config FILE --predictions RESULTS.json [--output-dir DIR]
     python evaluate.py --config FILE --model model.onnx [--output-dir DIR]   (an exported file, onnxruntime on CPU)
+    python evaluate.py --config FILE --model model.onnx|model.xml --runtime openvino [--precision auto|f32|bf16]
     add --target-precision P, --target-recall R or --cost-fn C [--cost-fp F] to choose score thresholds
     (operating point; --cost-fn: the least C x missed + F x false positives, F = 1 by default)
 
-Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class) and,
+Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class; for --model
+also `runtime`, the engine and precision it ran under) and,
 with a checkpoint, OUTPUT_DIR/detections.json (COCO results: original image and category ids).
 With a target: OUTPUT_DIR/operating_point.json and, for a checkpoint, operating_point.json and
 MODEL_CARD.md in its run folder (the checkpoint's parent's parent), where predict.py finds them.
@@ -31,7 +33,9 @@ from retinanet.data.coco import CocoDetection
 from retinanet.data.loaders import DatasetError, build_dataset, build_val_loader
 from retinanet.config import Config, ConfigError, load_config, replace
 from retinanet.fileio import RunFileError
-from retinanet.modeling.onnx_detector import OnnxDetector
+from retinanet.deploy.exported_detector import ExportedDetector
+from retinanet.deploy.load import RUNTIMES, open_model
+from retinanet.deploy.openvino_detector import PRECISIONS
 from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinanet.engine.runtime import place_model, resolve_device, resolve_eval_amp
 from retinanet.engine.inference import evaluate
@@ -54,7 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint written by train.py")
     source.add_argument("--predictions", help="COCO results JSON to evaluate without a model")
-    source.add_argument("--model", help="ONNX file written by scripts/export.py; its own preprocessing is used")
+    source.add_argument("--model", help="ONNX file or OpenVINO IR (.xml) written by scripts/export.py; its own "
+                        "preprocessing is used")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="--model: onnxruntime (default for .onnx) or openvino (default for .xml)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="--runtime openvino: float precision (auto: bf16 where the CPU has AMX)")
     parser.add_argument("--output-dir", default=None, help="where to write metrics.json and the report (default: the run folder of "
                         "--checkpoint, i.e. the folder above checkpoints/; the folder of --predictions or --model)")
     target = parser.add_mutually_exclusive_group()
@@ -119,12 +128,12 @@ def load_results(path: Path) -> list[dict]:
     return records
 
 
-def with_model_input(cfg: Config, detector: OnnxDetector) -> Config:
+def with_model_input(cfg: Config, detector: ExportedDetector) -> Config:
     """The config with the exported model's preprocessing, so the val set is prepared as the file expects."""
     pre = detector.metadata.preprocess
     if (tuple(pre["mean"]), tuple(pre["std"])) != (IMAGENET_MEAN, IMAGENET_STD):
         raise RunFileError(f"{detector.path}: normalization mean/std {pre['mean']}/{pre['std']} differ from the "
-                           "evaluation loader's ImageNet ones; evaluate it with OnnxDetector in your own loop")
+                           "evaluation loader's ImageNet ones; evaluate it with its detector in your own loop")
     size = int(pre["min_size"])
     return replace(cfg, input=dataclasses.replace(cfg.input, min_size=(size,), eval_min_size=size,
                                                    max_size=int(pre["max_size"]),
@@ -132,7 +141,7 @@ def with_model_input(cfg: Config, detector: OnnxDetector) -> Config:
 
 
 def evaluate_onnx(
-    detector: OnnxDetector, cfg: Config, val_set: CocoDetection, evaluator: CocoEvaluator
+    detector: ExportedDetector, cfg: Config, val_set: CocoDetection, evaluator: CocoEvaluator
 ) -> tuple[dict[str, Any], list[dict]]:
     """COCO metrics and result records of an exported model, through the loop that evaluates checkpoints.
 
@@ -157,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
         raise ConfigError(f"--score-thresh {args.score_thresh}: must be in [0, 1], e.g. --score-thresh 0.3")
     cfg = load_config(args.config, args.set)
-    detector = OnnxDetector(Path(args.model)) if args.model else None
+    detector = open_model(Path(args.model), args.runtime, args.precision) if args.model else None
     if detector is not None:
+        log.info("runtime %s", detector.describe())
         cfg = with_model_input(cfg, detector)
     val_set = build_dataset(cfg, "val", args.config)
     evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)
@@ -167,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
                    else Path(args.checkpoint).parent.parent)
     out_dir = Path(args.output_dir or default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    amp: str | None = "none"  # an exported file runs in fp32
     if args.predictions:
         evaluator.update(load_results(Path(args.predictions)))
         metrics = evaluator.compute()
         amp = None
     elif detector is not None:
+        amp = detector.amp
         metrics, results = evaluate_onnx(detector, cfg, val_set, evaluator)
         (out_dir / "detections.json").write_text(json.dumps(results))
     else:
@@ -197,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "detections.json").write_text(json.dumps(results))
         log.info("wrote %d detections to %s", len(results), out_dir / "detections.json")
 
-    (out_dir / "metrics.json").write_text(json.dumps(metrics_for_file(metrics, amp), indent=2))
+    runtime = {"runtime": detector.describe()} if detector is not None else {}  # what an exported file ran under
+    (out_dir / "metrics.json").write_text(json.dumps({**metrics_for_file(metrics, amp), **runtime}, indent=2))
     print(format_metrics_table(metrics))
     print(f"metrics: {out_dir / 'metrics.json'}")
     if target is not None:

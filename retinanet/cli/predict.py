@@ -3,6 +3,7 @@
     python scripts/predict.py --checkpoint runs/demo_cpu/checkpoints/best.pt --input IMAGE_OR_DIR \
         [--output-dir DIR] [--score-thresh 0.3] [--device auto]
     python scripts/predict.py --model model.onnx --input IMAGE_OR_DIR ...   (an exported file, onnxruntime on CPU)
+    python scripts/predict.py --model model.onnx|model.xml --runtime openvino [--precision auto|f32|bf16] ...
 
 Score thresholds: by default the operating point stored in the checkpoint's run folder
 (`operating_point.json` beside `checkpoints/`, written by train.py and by evaluate.py --target-* or
@@ -33,7 +34,9 @@ from PIL import Image
 
 from retinanet.data.coco import load_image
 from retinanet.modeling.detector import Detector
-from retinanet.modeling.onnx_detector import OnnxDetector
+from retinanet.deploy.exported_detector import ExportedDetector
+from retinanet.deploy.load import RUNTIMES, open_model
+from retinanet.deploy.openvino_detector import PRECISIONS
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
 from retinanet.engine.runtime import autocast, place_model, resolve_device, resolve_eval_amp
 from retinanet.evaluation.drift import check_drift, format_drift
@@ -54,7 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="checkpoint written by train.py")
-    model.add_argument("--model", help="ONNX file written by scripts/export.py (runs on onnxruntime, CPU)")
+    model.add_argument("--model", help="ONNX file or OpenVINO IR (.xml) written by scripts/export.py (CPU)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="--model: onnxruntime (default for .onnx) or openvino (default for .xml)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="--runtime openvino: float precision (auto: bf16 where the CPU has AMX)")
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output-dir", default="predictions")
     parser.add_argument(
@@ -132,9 +139,10 @@ def load_checkpoint_model(
     return detect, ckpt.categories, source, amp
 
 
-def load_onnx_model(path: Path) -> tuple[OnnxDetector, list[dict], tuple]:
-    """The ONNX detector, its categories, and the operating point exported into its metadata."""
-    detector = OnnxDetector(path)
+def load_exported_model(path: Path, runtime: str | None, precision: str) -> tuple[ExportedDetector, list[dict], tuple]:
+    """The exported file's detector, its categories, and the operating point exported into its metadata."""
+    detector = open_model(path, runtime, precision)
+    print(f"runtime {detector.describe()}")
     raw = detector.metadata.operating_point
     source = (lambda: OperatingPointReport.from_dict(raw) if raw is not None else None, f"{path} (metadata)",
               f"no operating point in {path}'s metadata", detector.metadata.source.get("iteration"))
@@ -144,8 +152,8 @@ def load_onnx_model(path: Path) -> tuple[OnnxDetector, list[dict], tuple]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.model:
-        detector, categories, threshold_source = load_onnx_model(Path(args.model))
-        amp = "none"  # an exported file runs in fp32
+        detector, categories, threshold_source = load_exported_model(Path(args.model), args.runtime, args.precision)
+        amp = detector.amp
     else:
         detector, categories, threshold_source, amp = load_checkpoint_model(Path(args.checkpoint), args.device, args.set)
 

@@ -27,8 +27,12 @@ from P5 (torchvision v1), 256-channel 4-conv heads, 80 classes.
 - `ours`: the recommended setting, channels_last plus `--amp` (auto: bf16 on CUDA and on CPUs with
   AMX; fp32 on other CPUs, where oneDNN's bf16 convolutions are slower than fp32 ones).
 - `onnxruntime` (--device cpu, inference only): the `ours_fp32` weights exported by
-  `modeling.export.export_onnx` (static graph, NMS inside) and run by onnxruntime's CPU execution
+  `deploy.export.export_onnx` (static graph, NMS inside) and run by onnxruntime's CPU execution
   provider with all graph optimizations, on the same prepared batch and as many threads as torch.
+- `openvino_f32`, `openvino_bf16` (only where OpenVINO lists bf16 units), `openvino_int8` (--device cpu,
+  inference only): the same file run by OpenVINO's CPU plugin at that precision; INT8 is NNCF's
+  post-training quantization (`deploy.quantize`) calibrated on the timed batch (random weights: a
+  speed figure, not an accuracy one), its other layers at the `auto` precision.
 
 Timing interleaves the rows: every round runs one train step of each row, then one inference of
 each, so load from other processes spreads over all rows alike. A figure is the median over
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import json
@@ -89,9 +94,13 @@ from retinanet.engine.profiling import PREDICT_PHASES, TRAIN_PHASES, phase, prof
 from retinanet.engine.inference import predict
 from retinanet.engine.trainer import StepOptions, train_step
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator
-from retinanet.modeling.export import DEFAULT_OPSET, ModelMetadata, export_onnx, require
+from retinanet.deploy.export import DEFAULT_OPSET, ModelMetadata, export_onnx, require
+from retinanet.deploy.exported_detector import ExportedDetector
+from retinanet.deploy.openvino_detector import OpenVinoDetector
+from retinanet.deploy.openvino_export import read_onnx, save_ir
+from retinanet.deploy.quantize import quantize_int8
 from retinanet.modeling.model import build_criterion, build_model, build_postprocess
-from retinanet.modeling.onnx_detector import OnnxDetector
+from retinanet.deploy.onnx_detector import OnnxDetector
 from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinanet.evaluation.model_card import cpu_name
 from retinanet.structures import Target
@@ -106,7 +115,14 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312.0),
 )
 ONNX_ROW = "onnxruntime"  # inference only, --device cpu
-EXPORT_MODULES = ("onnx", "onnxruntime", "onnxscript")  # the `export` extra: exporting and running the file
+OPENVINO_ROWS = ("openvino_f32", "openvino_bf16", "openvino_int8")  # inference only, --device cpu
+# The optional packages each exported row needs: exporting (onnx, onnxscript) and running the file.
+ROW_MODULES: dict[str, tuple[str, ...]] = {
+    ONNX_ROW: ("onnx", "onnxscript", "onnxruntime"),
+    "openvino_f32": ("onnx", "onnxscript", "openvino"),
+    "openvino_bf16": ("onnx", "onnxscript", "openvino"),
+    "openvino_int8": ("onnx", "onnxscript", "openvino", "nncf"),
+}
 LEVER_ROWS: tuple[tuple[str, str, bool], ...] = (  # name, amp, channels_last
     ("ours_fp32", "none", False),
     ("ours_fp32_channels_last", "none", True),
@@ -121,7 +137,7 @@ class Row:
 
     name: str
     label: str
-    train_step: Callable[[], None] | None  # None: an inference-only row (onnxruntime)
+    train_step: Callable[[], None] | None  # None: an inference-only row (onnxruntime, OpenVINO)
     infer_step: Callable[[], None]
     state_bytes: Callable[[], tuple[int, int]]  # (train: params + buffers + optimizer state, inference: params + buffers)
     settings: dict[str, Any]
@@ -291,40 +307,60 @@ def ours_row(
     )
 
 
-def onnx_row_runs(by_default: bool) -> bool:
-    """Whether the onnxruntime row can run: without the `export` extra a default run skips it with a note;
-    asked for by --rows, the missing package is a one-line error."""
-    missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
-    if missing and by_default:
-        print(f"note: the {ONNX_ROW} row is skipped: {', '.join(missing)} not installed (`pip install -e .[export]`)")
-        return False
-    for name in missing:
-        require(name)
-    return True
+def runnable_exported_rows(rows: set[str], by_default: bool) -> set[str]:
+    """The exported rows whose packages are installed: without the `export` extra a default run skips
+    them with a note; a row asked for by --rows with a missing package is a one-line error."""
+    runnable = set()
+    for row in sorted(rows):
+        missing = [name for name in ROW_MODULES[row] if importlib.util.find_spec(name) is None]
+        if not missing:
+            runnable.add(row)
+        elif by_default:
+            print(f"note: the {row} row is skipped: {', '.join(missing)} not installed (`pip install -e .[export]`)")
+        else:
+            require(missing[0])
+    return runnable
 
 
-def onnx_row(cfg: Config, tv_state: dict[str, torch.Tensor], batch: Batch, path: Path) -> Row:
-    """The `ours_fp32` weights exported (static, this batch's shape) and run by onnxruntime on the CPU.
-
-    CPU execution provider, all graph optimizations, as many intra-op threads as torch uses. The
-    step is `OnnxDetector.run`: the graph (network, decoding, NMS) on the prepared batch.
-    """
-    import onnxruntime
-
+def export_for_rows(cfg: Config, tv_state: dict[str, torch.Tensor], batch: Batch, path: Path) -> tuple[ModelMetadata, int]:
+    """The `ours_fp32` weights exported (static, this batch's shape, constants folded) to `path`: the
+    file the onnxruntime and OpenVINO rows run. Returns its metadata and the model's bytes."""
     model = build_model(cfg).eval()
     load_torchvision_state_dict(model, tv_state)
     categories = [{"id": i + 1, "name": str(i)} for i in range(NUM_CLASSES)]
     metadata = ModelMetadata.from_config(cfg, categories, IMAGENET_MEAN, IMAGENET_STD)
     export_onnx(model, build_postprocess(cfg), metadata, path, batch_size=batch.images.shape[0])
-    detector = OnnxDetector(path, threads=torch.get_num_threads())
+    return metadata, model_bytes(model)
+
+
+def exported_row(name: str, detector: ExportedDetector, batch: Batch, size: int) -> Row:
+    """An inference-only row: `detector.run`, the graph (network, decoding, NMS) on the prepared batch."""
 
     def infer_step() -> None:
         detector.run(batch.images, batch.image_sizes)
 
-    return Row(
-        ONNX_ROW, f"onnxruntime {onnxruntime.__version__} CPU fp32", None, infer_step, lambda: (0, model_bytes(model)),
-        {"amp": "none", "channels_last": False, "compiled": False, "onnx_opset": DEFAULT_OPSET},
-    )
+    settings = {"amp": "none" if detector.precision == "f32" else detector.precision, "channels_last": False, "compiled": False, "onnx_opset": DEFAULT_OPSET,
+                "runtime": detector.describe()}
+    return Row(name, detector.label, None, infer_step, lambda: (0, size), settings)
+
+
+def openvino_rows(path: Path, metadata: ModelMetadata, batch: Batch, size: int, wanted: set[str]) -> list[Row]:
+    """OpenVINO on the exported file: f32, bf16 where the CPU has bf16 units, and INT8 (NNCF post-training
+    quantization calibrated on this batch; its other layers at `auto` precision). Same threads as torch."""
+    ov = require("openvino")
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    threads = torch.get_num_threads()
+    rows = []
+    for name, precision in (("openvino_f32", "f32"), ("openvino_bf16", "bf16")):
+        if name in wanted and (precision == "f32" or "BF16" in capabilities):
+            rows.append(exported_row(name, OpenVinoDetector(path, precision, threads), batch, size))
+    if "openvino_int8" in wanted:
+        inputs = [{"images": batch.images.numpy(), "image_sizes": np.asarray(batch.image_sizes, dtype=np.int64)}]
+        quantized, method = quantize_int8(read_onnx(path), inputs)
+        int8_meta = dataclasses.replace(metadata, precision="int8", calibration={"images": "the benchmark batch", **method})
+        int8_path = save_ir(quantized, int8_meta, path.with_name("model_int8.xml"))
+        rows.append(exported_row("openvino_int8", OpenVinoDetector(int8_path, "auto", threads), batch, size))
+    return rows
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, int]:
@@ -594,7 +630,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     amp = recommended_amp(device, args.amp)
     ours_name = next(name for name, a, cl in LEVER_ROWS if a == amp and cl)
     wanted = {r.strip() for r in args.rows.split(",") if r.strip()} or None
-    known = {"ours_compiled", ONNX_ROW, *(name for name, _, _ in LEVER_ROWS)}
+    known = {"ours_compiled", ONNX_ROW, *OPENVINO_ROWS, *(name for name, _, _ in LEVER_ROWS)}
     if wanted and not wanted <= known:
         raise SystemExit(f"--rows: unknown {sorted(wanted - known)}; choose from {sorted(known)}")
 
@@ -618,8 +654,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if args.compile and (wanted is None or "ours_compiled" in wanted):
             cfg = ours_config(args, backbone_weights, amp, True)
             rows.append(ours_row("ours_compiled", cfg, tv_state, batch, device, compiled=True))
-        if device.type == "cpu" and (wanted is None or ONNX_ROW in wanted) and onnx_row_runs(wanted is None):
-            rows.append(onnx_row(ours_config(args, backbone_weights, "none", False), tv_state, batch, tmp / "model.onnx"))
+        exported = {ONNX_ROW, *OPENVINO_ROWS} if wanted is None else wanted & {ONNX_ROW, *OPENVINO_ROWS}
+        exported = runnable_exported_rows(exported, wanted is None) if device.type == "cpu" else set()
+        if exported:
+            onnx_path = tmp / "model.onnx"
+            metadata, size = export_for_rows(ours_config(args, backbone_weights, "none", False), tv_state, batch, onnx_path)
+            if ONNX_ROW in exported:
+                rows.append(exported_row(ONNX_ROW, OnnxDetector(onnx_path, threads=torch.get_num_threads()), batch, size))
+            if exported & set(OPENVINO_ROWS):
+                rows += openvino_rows(onnx_path, metadata, batch, size, exported)
 
         report: dict[str, Any] = {"environment": environment(args, device, amp)}
         run_rows(rows, args.warmup, args.iters, device)
@@ -640,7 +683,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         tv_fig, best_fig = report["torchvision"], report["torchvision_best"]
         for row in rows:
             fig = report[row.name]
-            if "train_images_per_s" in fig:  # the onnxruntime row is inference only
+            if "train_images_per_s" in fig:  # the exported-file rows are inference only
                 fig["train_speedup_vs_torchvision"] = fig["train_images_per_s"] / tv_fig["train_images_per_s"]
                 fig["train_speedup_vs_torchvision_best"] = fig["train_images_per_s"] / best_fig["train_images_per_s"]
             fig["infer_speedup_vs_torchvision"] = fig["infer_images_per_s"] / tv_fig["infer_images_per_s"]

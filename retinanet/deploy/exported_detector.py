@@ -1,9 +1,10 @@
-"""`OnnxDetector`: an exported .onnx file run by onnxruntime, with `Detector`'s contract.
+"""`ExportedDetector`: `Detector`'s contract for an exported file, whatever engine runs its graph.
 
-Built from the file alone: its `metadata_props` (`export.ModelMetadata`) give the classes, the
+Built from the file alone: its metadata (`export.ModelMetadata`) gives the classes, the
 preprocessing and the thresholds. Inputs go through `prepare_images`, the code `Detector` and the
 evaluation loader use, and boxes come back to original-image pixels with `rescale_boxes`, as
 `PostProcess` does, so the same image gives the same detections as the PyTorch `Detector`.
+A runtime (onnxruntime, OpenVINO) subclasses it and supplies `infer` and `input_shape`.
 """
 from __future__ import annotations
 
@@ -15,45 +16,49 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from retinanet.deploy.export import ModelMetadata
 from retinanet.fileio import RunFileError
-from retinanet.modeling.export import INPUT_NAMES, ModelMetadata, require
 from retinanet.modeling.postprocess import rescale_boxes
 from retinanet.modeling.preprocess import prepare_images
 from retinanet.structures import Detections
 
 
-class OnnxDetector:
+class ExportedDetector:
     """`detector(images)`: list of (3, H, W) tensors (float in [0, 1] or uint8) -> one dict per image with
     `boxes` (xyxy, input-image pixels), `scores` and `labels` (contiguous 0..K-1), like `Detector`.
 
-    `threads` sets onnxruntime's intra-op threads (0: its default); graph optimizations are all on.
+    Subclasses set `path`, `metadata`, `input_shape` (ints where static, anything else where
+    dynamic) and implement `infer` on one batch the graph takes.
     """
 
-    def __init__(self, path: str | Path, threads: int = 0, providers: Sequence[str] = ("CPUExecutionProvider",)):
-        ort = require("onnxruntime")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise RunFileError(f"{self.path}: ONNX model not found; check the path, or export one with "
-                               "scripts/export.py --checkpoint CKPT")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only: its constant-folding notes are not for users
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for every unreadable file
-            raise RunFileError(f"{self.path}: not a readable ONNX model ({str(exc).splitlines()[0][:120]}); "
-                               "export it again with scripts/export.py") from None
-        self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, self.path)
-        names = tuple(i.name for i in self.session.get_inputs())
-        if names != INPUT_NAMES:
-            raise RunFileError(f"{self.path}: graph inputs {names}, expected {INPUT_NAMES}; export it again with "
-                               "scripts/export.py")
-        self.input_shape: list[Any] = list(self.session.get_inputs()[0].shape)  # ints where static, names where dynamic
+    path: Path
+    metadata: ModelMetadata
+    input_shape: list[Any]
+    precision: str  # f32, bf16 or int8: what the graph runs in
+
+    def _read_preprocess(self) -> None:
         pre = self.metadata.preprocess
         self.min_size, self.max_size = int(pre["min_size"]), int(pre["max_size"])
         self.size_divisible = int(pre["size_divisible"])
         self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
+
+    @property
+    def label(self) -> str:
+        """The runtime, its version and precision in a few words (a table row)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What it runs under and why (printed by predict and evaluate)."""
+        return self.label
+
+    @property
+    def amp(self) -> str:
+        """The precision as the files of record name it (`eval.amp`'s values; int8 for a quantized graph)."""
+        return "none" if self.precision == "f32" else self.precision
+
+    def infer(self, images: np.ndarray, image_sizes: np.ndarray) -> list[np.ndarray]:
+        """The graph's four outputs for one batch of the graph's shape (arrays the caller may keep)."""
+        raise NotImplementedError
 
     @property
     def categories(self) -> list[dict[str, Any]]:
@@ -97,8 +102,7 @@ class OnnxDetector:
             if fill:
                 part = np.concatenate([part, np.zeros((fill, *part.shape[1:]), part.dtype)])
                 part_sizes = np.concatenate([part_sizes, np.repeat(part_sizes[-1:], fill, axis=0)])
-            outputs = self.session.run(None, {INPUT_NAMES[0]: part, INPUT_NAMES[1]: part_sizes})
-            chunks.append([o[: static_n - fill] for o in outputs])
+            chunks.append([o[: static_n - fill] for o in self.infer(part, part_sizes)])
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def check_shape(self, batch: Tensor) -> None:

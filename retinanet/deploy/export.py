@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from retinanet.config import Config, ConfigError
+from retinanet.deploy.fold import fold_constants
 from retinanet.fileio import RunFileError
 from retinanet.modeling.model import RetinaNet
 from retinanet.modeling.postprocess import PostProcess
@@ -145,7 +146,10 @@ class ModelMetadata:
     `retinanet.preprocess` ({min_size, max_size, size_divisible, mean, std}), `retinanet.postprocess`
     ({score_thresh, topk_candidates, nms_thresh, detections_per_img, box_coder_weights, scale_clamp}),
     `retinanet.operating_point` (the run's operating_point.json, or null), `retinanet.source`
-    ({checkpoint, iteration}) and `retinanet.io` (input and output names, the padded layout).
+    ({checkpoint, iteration}), `retinanet.precision` ("f32", or "int8" for a quantized OpenVINO IR),
+    `retinanet.calibration` (for int8: {config, split, annotations, images, tool, ignored}, else null)
+    and `retinanet.io` (input and output names, the padded layout). Files written before precision
+    and calibration existed read as f32 without calibration.
     """
 
     categories: list[dict[str, Any]]
@@ -153,6 +157,8 @@ class ModelMetadata:
     postprocess: dict[str, Any]
     operating_point: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    precision: str = "f32"
+    calibration: dict[str, Any] | None = None
 
     @classmethod
     def from_config(
@@ -202,6 +208,8 @@ class ModelMetadata:
         try:
             values = {name: json.loads(props[f"retinanet.{name}"]) for name in
                       ("categories", "preprocess", "postprocess", "operating_point", "source")}
+            values.update({name: json.loads(props[f"retinanet.{name}"]) for name in ("precision", "calibration")
+                           if f"retinanet.{name}" in props})
             meta = cls(**values)
             _ = [meta.preprocess[key] for key in ("min_size", "max_size", "size_divisible", "mean", "std")]
             _ = [(int(c["id"]), str(c["name"])) for c in meta.categories]
@@ -218,8 +226,8 @@ def require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"{module} is not installed; ONNX export and inference need `pip install -e .[export]` "
-                          "(requirements.txt pins the tested versions)") from None
+        raise ConfigError(f"{module} is not installed; export, onnxruntime and OpenVINO inference need "
+                          "`pip install -e .[export]` (requirements.txt pins the tested versions)") from None
 
 
 def check_opset(opset: int) -> None:
@@ -237,8 +245,12 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dynamic: bool = False,
     batch_size: int = 1,
+    fold: bool = True,
 ) -> Path:
     """Write `output` (one self-contained .onnx file with `metadata`); returns its path.
+
+    `fold` (the default) folds every BatchNorm into its convolution first (`fold.fold_constants`), so
+    the file's weights are constants; `fold=False` exports the model as it computes in PyTorch.
 
     The graph is traced on `batch_size` blank images of the largest padded size the preprocessing
     makes (max_size, rounded up to size_divisible); `dynamic` makes N, H and W free (H and W must
@@ -257,7 +269,7 @@ def export_onnx(
         side, batch_size = max(side, -(-256 // divisor) * divisor), max(batch_size, 2)
     images = torch.zeros(batch_size, 3, side, side)
     image_sizes = torch.full((batch_size, 2), side, dtype=torch.int64)
-    wrapper = ExportableDetector(model, postprocess).eval()
+    wrapper = ExportableDetector(fold_constants(model.eval()) if fold else model.eval(), postprocess).eval()
     dynamic_shapes = None
     if dynamic:
         batch = torch.export.Dim("batch", min=1, max=1024)
