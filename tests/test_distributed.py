@@ -33,6 +33,7 @@ pytestmark = [
 # SGD: AdamW's first step is sign(grad), which turns float noise in near-zero gradients into lr-sized steps.
 # score_thresh 0: the barely trained model still detects something, so the COCO numbers are not all 0.
 DDP_SETS = [
+    "train.device=cpu",  # gloo on CPU: with device auto a GPU machine would put rank 1 on cuda:1
     "model.backbone.norm=gn", "train.optimizer=sgd", "train.lr=0.01", "train.grad_clip=10",
     "model.postprocess.score_thresh=0.0", "train.eval_every=0", "train.checkpoint_every=0",
 ]

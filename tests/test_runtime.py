@@ -58,9 +58,9 @@ def test_auto_amp_on_cuda_follows_bf16_support(amx, cuda_bf16) -> None:
     amx(False)  # the CPU does not matter for a CUDA run
     cuda_bf16(True)
     assert resolve_amp("auto", CUDA) == ("bf16", "auto: CUDA device Fake GPU has bf16 tensor cores")
-    cuda_bf16(False)
+    cuda_bf16(False)  # pre-Ampere (V100, T4): fp16 tensor cores only
     choice, why = resolve_amp("auto", CUDA)
-    assert choice == "none" and "no native bf16" in why
+    assert choice == "fp16" and "GradScaler" in why
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])

@@ -38,14 +38,15 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
     """`train.amp` -> ("none" | "bf16" | "fp16", why). auto picks bf16 only where the hardware has bf16
-    matrix units: on a CPU without AMX oneDNN's bf16 convolutions are slower than fp32 ones."""
+    matrix units: on a CPU without AMX oneDNN's bf16 convolutions are slower than fp32 ones. A GPU
+    before Ampere (V100, T4) has fp16 tensor cores only: auto takes fp16 there, with the GradScaler."""
     if amp != "auto":
         return amp, f"train.amp={amp} as configured"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", f"auto: CUDA device {name} has bf16 tensor cores"
-        return "none", f"auto: CUDA device {name} has no native bf16 (compute capability < 8.0), fp32"
+        return "fp16", f"auto: CUDA device {name} has fp16 but no bf16 tensor cores (compute capability < 8.0); fp16 with a GradScaler"
     if device.type == "cpu":
         if cpu_has_amx():
             return "bf16", "auto: the CPU has AMX (amx_bf16)"

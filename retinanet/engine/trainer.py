@@ -78,8 +78,9 @@ class StepStats:
     loss_box: float
     num_pos: float
     grad_norm: float  # before clipping; nan when the step was skipped
-    finite: bool  # False: a non-finite loss, no parameter changed
+    finite: bool  # False: no parameter changed (a non-finite loss, or the fp16 GradScaler skipped the step)
     images: int  # images in the step over all ranks
+    scaler_skipped: bool = False  # fp16: inf/nan gradients, the GradScaler skipped the update and lowered its scale
 
 
 def train_step(
@@ -98,6 +99,8 @@ def train_step(
     add up to that of one batch of their total size. A non-finite loss on any rank skips the whole
     step on every rank and leaves the parameters as they were. Under DDP (`model` wrapped), the
     loss of each rank's share is scaled by the world size, so DDP's gradient average is the sum.
+    Under fp16 a step whose gradients overflow is skipped by the GradScaler: its stats say so
+    (`finite` False, `scaler_skipped` True), so the caller advances neither the schedule nor the EMA.
     """
     world, accum = opts.world_size, len(batches)
     optimizer.zero_grad(set_to_none=True)
@@ -125,9 +128,13 @@ def train_step(
             grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         scaler.step(optimizer)
         scaler.update()
-    return StepStats(*totals.tolist(), grad_norm=float(grad_norm), finite=True, images=images)
+    # The GradScaler lowers its scale exactly when it found inf/nan gradients and skipped optimizer.step.
+    skipped = scaler.is_enabled() and scaler.get_scale() < scale
+    return StepStats(*totals.tolist(), grad_norm=float(grad_norm), finite=not skipped, images=images,
+                     scaler_skipped=skipped)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -253,7 +260,8 @@ class Trainer:
             postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
             scaler=torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16"),
             train_set=train_set, val_set=val_set,
-            val_loader=build_val_loader(cfg, val_set, distributed.get_rank(), world) if val_set is not None else None,
+            val_loader=(build_val_loader(cfg, val_set, distributed.get_rank(), world, pin_memory=device.type == "cuda")
+                        if val_set is not None else None),
             evaluator=(CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)  # per-class recall
                        if val_set is not None else None),
             logger=RunLogger(out_dir, enabled=distributed.is_main_process()), stop=StopRequest(), progress=Progress(),
@@ -287,7 +295,8 @@ class Trainer:
         load_model_weights(self.model, ckpt.model, path)
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
-        self.scaler.load_state_dict(ckpt.scaler)
+        if ckpt.scaler:  # a run saved without fp16 has an empty scaler state: an fp16 resume starts a fresh scale
+            self.scaler.load_state_dict(ckpt.scaler)
         self.criterion.load_state_dict(ckpt.criterion)
         set_rng_state(ckpt.rng)  # RNG states stay CPU tensors: checkpoints are read to the CPU
         if self.ema is not None:
@@ -307,7 +316,7 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def record(self, stats: StepStats, seconds: float) -> None:
-        """Count the step and move the EMA; too many non-finite losses in a row end the run."""
+        """Count the step and move the EMA (applied steps only); too many non-finite losses in a row end the run."""
         p = self.progress
         p.iteration += 1
         p.train_seconds += seconds
@@ -316,8 +325,11 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             return
-        p.nonfinite_in_a_row += 1
         p.skipped_steps += 1
+        if stats.scaler_skipped:  # the GradScaler's normal search for its scale, not a diverging run
+            log.info("iteration %d: fp16 gradients overflowed, the GradScaler skipped the step", p.iteration - 1)
+            return
+        p.nonfinite_in_a_row += 1
         log.warning("iteration %d: non-finite loss, step skipped (%d in a row)", p.iteration - 1, p.nonfinite_in_a_row)
         if p.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
             raise FloatingPointError(
@@ -457,7 +469,8 @@ def fit(t: Trainer) -> int:
     t.stop.install()
     # This rank's slice of every global batch; the sequence depends only on train.seed (exact --resume).
     batches = iter(build_train_loader(t.cfg, t.train_set, start_batch=t.progress.iteration * cfg.accumulate_steps,
-                                      rank=distributed.get_rank(), world_size=distributed.get_world_size()))
+                                      rank=distributed.get_rank(), world_size=distributed.get_world_size(),
+                                      pin_memory=t.device.type == "cuda"))
     bar = tqdm(range(t.progress.iteration, cfg.max_iters), initial=t.progress.iteration, total=cfg.max_iters,
                dynamic_ncols=True, **({} if t.main_process else {"disable": True}))  # rank 0 keeps TQDM_DISABLE
     window, window_start = [], time.perf_counter()
@@ -466,7 +479,8 @@ def fit(t: Trainer) -> int:
         start = time.perf_counter()
         micro = [next(batches) for _ in range(cfg.accumulate_steps)]  # drawn even for a skipped step
         stats = train_step(t.ddp_model, t.criterion, t.optimizer, t.scaler, micro, t.step_options)
-        t.scheduler.step()
+        if stats.finite:  # a skipped step changed no parameter: the schedule waits with it
+            t.scheduler.step()
         t.record(stats, time.perf_counter() - start)
         window.append(stats)
         done = t.progress.iteration
