@@ -266,6 +266,9 @@ class TrainConfig:
     checkpoint_every: int = 5000
     log_every: int = 20
     seed: int = 42
+    # Deterministic kernels (cuDNN deterministic, no autotuning, torch.use_deterministic_algorithms with
+    # warnings for ops that have none): bitwise-exact --resume on a GPU, at a cost in speed (docs/multi_gpu.md).
+    deterministic: bool = False
     # Checkpoint (or torchvision-style state dict) to start from; weights whose shape differs
     # (a new number of classes) keep their fresh init.
     init_from: str = ""

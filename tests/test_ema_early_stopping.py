@@ -44,7 +44,7 @@ def test_ema_copies_integer_buffers() -> None:
 def test_resume_is_exact_with_ema_and_repeat_factors(synthetic: Path, tmp_path: Path, workers: int) -> None:
     sets = synthetic_overrides(synthetic) + [
         "train.eval_every=0", "train.checkpoint_every=2", "train.ema_decay=0.9", "train.ema_warmup=2",
-        "data.repeat_factor_threshold=0.5", f"data.num_workers={workers}",
+        "data.repeat_factor_threshold=0.5", f"data.num_workers={workers}", "train.deterministic=true",
     ]
     assert run_train(tmp_path / "full", sets + ["train.max_iters=4"]) == 0
     assert run_train(tmp_path / "half", sets + ["train.max_iters=2"]) == 0

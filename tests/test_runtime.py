@@ -117,6 +117,18 @@ def test_runtime_resolves_amp_before_compile(amx, monkeypatch) -> None:
     assert chosen.describe().startswith("mixed precision bf16 (auto: the CPU has AMX (amx_bf16)); torch.compile on")
 
 
+def test_deterministic_algorithms_hold_for_the_run_only() -> None:
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled())
+    with runtime.deterministic_algorithms(True):
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+            torch.are_deterministic_algorithms_enabled()) == before
+    with runtime.deterministic_algorithms(False):
+        assert torch.backends.cudnn.deterministic == before[0]
+
+
 def test_compile_config_values() -> None:
     assert load_config(None).train.compile == "auto" and load_config(None).train.amp == "auto"
     assert load_config(None, ["train.compile=true"]).train.compile == "true"  # YAML's boolean, as the string
@@ -194,7 +206,8 @@ def test_compiled_and_eager_give_the_same_loss_and_detections() -> None:
 def test_resume_continues_exactly_with_compile_on(synthetic: Path, tmp_path: Path) -> None:
     """4 compiled iterations equal 2 + --resume 2; the checkpoint holds the plain module's keys."""
     sets = synthetic_overrides(synthetic) + [
-        "train.max_iters=4", "train.eval_every=0", "train.checkpoint_every=2", "train.compile=true", "model.num_classes=5"
+        "train.max_iters=4", "train.eval_every=0", "train.checkpoint_every=2", "train.compile=true", "model.num_classes=5",
+        "train.deterministic=true",
     ]
     full = tmp_path / "full"
     assert run_train(full, sets) == 0

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,27 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> 
     """Move to the device and, when asked, to NHWC; convolutions then keep NHWC from input to head."""
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """`train.deterministic`: deterministic kernels for the duration of a run, the previous settings after it.
+
+    cuDNN picks a deterministic algorithm and stops autotuning; cuBLAS gets the fixed workspace it
+    needs to be deterministic; `torch.use_deterministic_algorithms` warns (warn_only) at an op with
+    no deterministic kernel rather than stopping a run hours in. Without it a GPU run resumes to the
+    same loss curve but not to the same bits: atomics in cuDNN's backward sum in varying order.
+    """
+    if not on:
+        yield
+        return
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])

@@ -42,6 +42,7 @@ from retinanet.engine.optim import build_optimizer, build_scheduler
 from retinanet.engine.profiling import phase
 from retinanet.engine.run_folder import BEST, LAST, checkpoint_path, default_output_dir, prepare_run_folder
 from retinanet.engine.runtime import Runtime, autocast, check_amp, compile_model, place_model, resolve_device, resolve_runtime
+from retinanet.engine.runtime import deterministic_algorithms
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.model_card import finish_training_run
 from retinanet.evaluation.operating_point import IOU, class_scalars
@@ -104,7 +105,10 @@ def train_step(
     """
     world, accum = opts.world_size, len(batches)
     optimizer.zero_grad(set_to_none=True)
-    totals = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+    # Summed on the device and read back once, with the finite flag: the step waits for the GPU only
+    # there, at the grad norm, and (fp16) in the GradScaler (engine.host_sync counts these waits).
+    totals = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=opts.device)
+    finite = torch.ones((), dtype=torch.bool, device=opts.device)
     images = 0
     for micro, batch in enumerate(batches):
         batch = batch.to(opts.device, non_blocking=True)
@@ -114,13 +118,15 @@ def train_step(
         with phase("loss"):
             losses = criterion(outputs, batch.targets)  # float32 whatever the autocast
             stats = distributed.all_reduce_sum(torch.stack([losses[k].detach().float() for k in LOSS_KEYS]))
-        if not torch.isfinite(stats[0]):
-            optimizer.zero_grad(set_to_none=True)
-            return StepStats(*[float("nan")] * 3, 0.0, float("nan"), finite=False, images=0)
+        finite &= torch.isfinite(stats[0])
         with phase("backward"):
             scaler.scale(losses["loss"] * world / accum).backward()
-        totals += stats.cpu().double() / accum
+        totals += stats.double() / accum
         images += len(batch) * world
+    *values, all_finite = torch.cat([totals, finite[None].double()]).tolist()
+    if not all_finite:  # the same on every rank: the flag is of the summed stats
+        optimizer.zero_grad(set_to_none=True)
+        return StepStats(*[float("nan")] * 3, 0.0, float("nan"), finite=False, images=0)
     with phase("optimizer"):
         scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -133,7 +139,7 @@ def train_step(
         scaler.update()
     # The GradScaler lowers its scale exactly when it found inf/nan gradients and skipped optimizer.step.
     skipped = scaler.is_enabled() and scaler.get_scale() < scale
-    return StepStats(*totals.tolist(), grad_norm=float(grad_norm), finite=not skipped, images=images,
+    return StepStats(*values, grad_norm=float(grad_norm), finite=not skipped, images=images,
                      scaler_skipped=skipped)
 
 
@@ -505,6 +511,8 @@ def fit(t: Trainer) -> int:
 def train(config: str, overrides: Sequence[str] = (), output_dir: str | None = None, resume: bool = False) -> int:
     """`python train.py`: one process of a run (the only one, or one of WORLD_SIZE under torchrun)."""
     try:
-        return fit(Trainer.build(config, overrides, output_dir, resume))
+        trainer = Trainer.build(config, overrides, output_dir, resume)
+        with deterministic_algorithms(trainer.cfg.train.deterministic):
+            return fit(trainer)
     finally:
         distributed.cleanup()
