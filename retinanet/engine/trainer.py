@@ -262,7 +262,8 @@ class Trainer:
             val_criterion=build_criterion(replace(cfg, **{"loss.normalizer_momentum": 0.0}), cfg.model.num_classes,
                                           class_counts=class_counts),
             train_box_counts=dict(zip(train_set.category_map.category_ids, class_counts)),
-            ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None,
+            ema=(ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup, compile_model if runtime.compile else None)
+                 if cfg.train.ema_decay > 0 else None),
             postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
             scaler=torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16"),
             train_set=train_set, val_set=val_set,
