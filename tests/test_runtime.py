@@ -227,3 +227,18 @@ def test_resume_continues_exactly_with_compile_on(synthetic: Path, tmp_path: Pat
     assert card.runtime["compile_reason"] == "train.compile=true as configured"
     assert "- torch.compile: on (train.compile=true as configured)" in (full / "MODEL_CARD.md").read_text()
     assert json.loads((full / "model_card.json").read_text())["runtime"]["amp"] in ("none", "bf16")
+
+
+def test_sync_bn_is_eager_under_auto_and_refused_with_compile_true(tiny_cfg) -> None:
+    from retinanet.config import replace
+    from retinanet.engine.runtime import Runtime
+    from retinanet.engine.trainer import check_train_config, sync_bn_runtime
+
+    compiled = Runtime("bf16", "auto", True, "auto: long run")
+    eager = sync_bn_runtime(compiled, sync_bn=True)
+    assert eager.compile is False and "train.sync_bn" in eager.compile_reason and eager.amp == "bf16"
+    assert sync_bn_runtime(compiled, sync_bn=False) == compiled
+    cfg = replace(tiny_cfg, **{"train.sync_bn": True, "train.compile": "true", "train.amp": "none"})
+    with pytest.raises(ConfigError, match="train.sync_bn with train.compile=true"):
+        check_train_config(cfg, "run.yaml", CUDA, world=2)
+    check_train_config(cfg, "run.yaml", CUDA, world=1)  # one process: no SyncBatchNorm, nothing to refuse

@@ -8,6 +8,7 @@ the loop needs (built once by `Trainer.build`) and owns the run's files: checkpo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -246,7 +247,8 @@ class Trainer:
         if cfg.train.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = place_model(model, device, cfg.train.channels_last)
-        runtime = resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters)
+        runtime = sync_bn_runtime(resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters),
+                                  cfg.train.sync_bn and world > 1)
         log.info("runtime: %s", runtime.describe())
         if runtime.compile:
             model = compile_model(model)
@@ -448,7 +450,19 @@ def check_train_config(cfg: Config, source: str, device: torch.device, world: in
         )
     if cfg.train.sync_bn and device.type != "cuda":
         raise ConfigError(f"{source}: train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernels); remove it")
+    if cfg.train.sync_bn and world > 1 and cfg.train.compile == "true":
+        raise ConfigError(f"{source}: train.sync_bn with train.compile=true: SyncBatchNorm (a collective inside the "
+                          "forward) is not supported under torch.compile here; set train.compile=auto or false")
     check_amp(cfg.train.amp, device, source)
+
+
+def sync_bn_runtime(runtime: Runtime, sync_bn: bool) -> Runtime:
+    """SyncBatchNorm all-reduces inside the forward, which torch.compile has never been verified to trace
+    (graph breaks at best): with it, train.compile auto stays eager; true is refused in check_train_config."""
+    if not (sync_bn and runtime.compile):
+        return runtime
+    return dataclasses.replace(runtime, compile=False, compile_reason="auto: train.sync_bn runs eager (SyncBatchNorm "
+                               "is not supported under torch.compile here)")
 
 
 def read_on_main(path: Path) -> Checkpoint:
