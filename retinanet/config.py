@@ -254,7 +254,8 @@ class TrainConfig:
     grad_clip: float = 0.0
     accumulate_steps: int = 1
     # Autocast of the forward pass (losses stay float32). auto: bf16 on CUDA devices with bf16 and on
-    # CPUs with AMX, fp32 (none) elsewhere, where bf16 convolutions are slower (engine.runtime.resolve_amp).
+    # CPUs with AMX, fp16 with a GradScaler on older CUDA devices (V100, T4), fp32 (none) elsewhere,
+    # where bf16 convolutions are slower (engine.runtime.resolve_amp).
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     # torch.compile of the model for training and evaluation. auto: on where its per-step gain repays
     # the compile time within the run (engine.runtime.resolve_compile), off elsewhere.
