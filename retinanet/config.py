@@ -254,8 +254,9 @@ class TrainConfig:
     grad_clip: float = 0.0
     accumulate_steps: int = 1
     # Autocast of the training steps' forward pass (losses and box arithmetic stay float32). auto: bf16
-    # on CUDA devices with bf16 and on CPUs with AMX, fp32 (none) elsewhere, where bf16 convolutions
-    # are slower (engine.runtime.resolve_amp). Evaluation has its own precision: eval.amp.
+    # on CUDA devices with bf16 and on CPUs with AMX, fp16 with a GradScaler on older CUDA devices (V100,
+    # T4), fp32 (none) elsewhere, where bf16 convolutions are slower (engine.runtime.resolve_amp).
+    # Evaluation has its own precision: eval.amp.
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     # torch.compile of the model for training and evaluation. auto: on where its per-step gain repays
     # the compile time within the run (engine.runtime.resolve_compile), off elsewhere.
@@ -267,6 +268,9 @@ class TrainConfig:
     checkpoint_every: int = 5000
     log_every: int = 20
     seed: int = 42
+    # Deterministic kernels (cuDNN deterministic, no autotuning, torch.use_deterministic_algorithms with
+    # warnings for ops that have none): bitwise-exact --resume on a GPU, at a cost in speed (docs/multi_gpu.md).
+    deterministic: bool = False
     # Checkpoint (or torchvision-style state dict) to start from; weights whose shape differs
     # (a new number of classes) keep their fresh init.
     init_from: str = ""

@@ -31,9 +31,11 @@ class Target:
         if self.iscrowd.numel() != self.labels.numel():
             self.iscrowd = torch.zeros(self.labels.shape[0], dtype=torch.bool, device=self.labels.device)
 
-    def to(self, device: torch.device | str) -> "Target":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Target":
+        """From pinned memory with non_blocking=True the copy overlaps compute (the step's images and boxes)."""
         return Target(
-            self.boxes_xyxy.to(device), self.labels.to(device), self.iscrowd.to(device), self.image_id, self.orig_size
+            self.boxes_xyxy.to(device, non_blocking=non_blocking), self.labels.to(device, non_blocking=non_blocking),
+            self.iscrowd.to(device, non_blocking=non_blocking), self.image_id, self.orig_size,
         )
 
 
@@ -75,7 +77,7 @@ class Batch:
         return Batch(
             self.images.to(device, non_blocking=non_blocking),
             list(self.image_sizes),
-            [t.to(device) for t in self.targets],
+            [t.to(device, non_blocking) for t in self.targets],
         )
 
     def pin_memory(self) -> "Batch":

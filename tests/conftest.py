@@ -39,7 +39,11 @@ def trained_run(synthetic, tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that train on the synthetic set are end to end: mark them slow (`make test-fast` skips them)."""
+    """Tests that train on the synthetic set are end to end: mark them slow (`make test-fast` skips them).
+    Tests marked `cuda` are skipped on a machine without a CUDA device."""
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if {"synthetic", "trained_run"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+            item.add_marker(no_cuda)

@@ -56,6 +56,7 @@ def synthetic_overrides(root: Path) -> list[str]:
         f"data.val.annotations={root / 'annotations' / 'instances_val.json'}",
         "input.min_size=[64]",
         "input.max_size=64",
+        "train.device=cpu",  # the tests' expected values are the CPU's (a GPU machine would pick cuda)
         *TINY_MODEL,
     ]
 

@@ -81,7 +81,8 @@ def test_evaluate_ground_truth_as_predictions_gives_ap_one(synthetic: Path, tmp_
 def test_resume_continues_exactly(synthetic: Path, tmp_path: Path, workers: int) -> None:
     """Kill after checkpoint 2 (simulated with the kept previous checkpoint), resume, end equal."""
     sets = synthetic_overrides(synthetic) + [
-        "train.max_iters=4", "train.eval_every=0", "train.checkpoint_every=2", f"data.num_workers={workers}"
+        "train.max_iters=4", "train.eval_every=0", "train.checkpoint_every=2", f"data.num_workers={workers}",
+        "train.deterministic=true",  # bitwise on a GPU too
     ]
     full = tmp_path / "full"
     assert run_train(full, sets) == 0

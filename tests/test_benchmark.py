@@ -81,3 +81,30 @@ def test_without_the_export_extra_the_exported_rows_are_skipped_with_a_note(monk
     monkeypatch.setattr(study, "require", lambda name: (_ for _ in ()).throw(ConfigError(f"{name} is not installed")))
     with pytest.raises(ConfigError, match="^onnxruntime is not installed"):  # asked for by --rows: a one-line error
         study.runnable_exported_rows({"onnxruntime"}, by_default=False)
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 NVL", 835.0),
+                                        ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200 NVL", 835.0), ("NVIDIA H200", 989.0)])
+def test_mfu_peak_of_each_card_by_name(name: str, peak: float, monkeypatch) -> None:
+    from retinanet.studies import benchmark as study
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert study.peak_tflops(torch.device("cuda"), 0.0) == peak
+
+
+def test_every_row_starts_its_timed_train_step_without_gradients() -> None:
+    """The step's peak above what was resident then counts the gradients backward allocates, for every row."""
+    from retinanet.studies import benchmark as study
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    grads_at_start: list[bool] = []
+
+    def step() -> None:  # keeps its gradients after the step, as torchvision's does
+        grads_at_start.append(weight.grad is not None)
+        (weight * 2).sum().backward()
+        optimizer.step()
+
+    row = study.Row("r", "r", step, lambda: None, lambda: (0, 0), {"compiled": False}, optimizer=optimizer)
+    study.run_rows([row], warmup=1, iters=2, device=torch.device("cpu"))
+    assert grads_at_start == [False, False, False]

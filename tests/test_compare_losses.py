@@ -281,3 +281,14 @@ def test_rerun_reuses_finished_runs_and_evaluates_a_trained_one(study, caplog) -
     assert rows["focal-g2-a0.25-s42"]["status"] == "evaluated"
     metrics = json.loads((focal / "eval" / "metrics.json").read_text())
     assert rows["focal-g2-a0.25-s42"]["AP"] == ("" if metrics["AP"] is None else str(metrics["AP"]))
+
+
+def test_parallel_runs_are_spread_over_the_visible_gpus(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    envs = compare.gpu_envs({"PATH": "/bin"}, runs=3, jobs=2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"] and envs[0]["PATH"] == "/bin"
+    envs = compare.gpu_envs({"CUDA_VISIBLE_DEVICES": "4,6"}, runs=3, jobs=2)  # the user's own selection
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["4", "6", "4"]
+    assert compare.gpu_envs({}, runs=2, jobs=1) == [{}, {}]  # one job: where the user put it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert compare.gpu_envs({}, runs=2, jobs=2) == [{}, {}]

@@ -262,8 +262,9 @@ def test_the_page_reader_finds_commands_and_markers(tmp_path: Path) -> None:
 
 # Pages whose commands this file does not run, and why. Adding a page is deleting its line.
 NOT_RUN_PAGES = {
-    "deploy.md": "being rewritten (issue 22); its commands join this test after that merge",
-    "multi_gpu.md": "torchrun on GPUs (issue 21 rewrites the page)",
+    "deploy.md": "its export, predict and evaluate --model commands are the README's (tests/test_readme.py) and "
+                 "tests/test_export.py runs each runtime; INT8 calibration and the benchmark take minutes",
+    "multi_gpu.md": "torchrun on GPUs; tests/test_distributed.py runs the gloo path and test_gpu_check.py the GPU check",
 }
 SCRATCH_SAMPLE = "_base_: {base}\ntrain:\n  max_iters: 4\n"  # the sample run, shortened: seconds, not a minute
 QUIET_SERVERS = ("tensorboard",)  # never return: not run, as in test_readme

@@ -44,7 +44,7 @@ def test_ema_copies_integer_buffers() -> None:
 def test_resume_is_exact_with_ema_and_repeat_factors(synthetic: Path, tmp_path: Path, workers: int) -> None:
     sets = synthetic_overrides(synthetic) + [
         "train.eval_every=0", "train.checkpoint_every=2", "train.ema_decay=0.9", "train.ema_warmup=2",
-        "data.repeat_factor_threshold=0.5", f"data.num_workers={workers}",
+        "data.repeat_factor_threshold=0.5", f"data.num_workers={workers}", "train.deterministic=true",
     ]
     assert run_train(tmp_path / "full", sets + ["train.max_iters=4"]) == 0
     assert run_train(tmp_path / "half", sets + ["train.max_iters=2"]) == 0
@@ -82,3 +82,39 @@ def test_early_stopping_stops_at_the_expected_evaluation(synthetic: Path, tmp_pa
     card = json.loads((out / "model_card.json").read_text())
     assert card["training"]["iterations"] == 4
     assert "stopping early at iteration 4" in (out / "train.log").read_text()
+
+
+def test_fused_ema_update_gives_the_old_per_tensor_numbers(tiny_cfg) -> None:
+    """One torch._foreach_lerp_ over all float tensors = the old loop of mul_(d).add_(x, alpha=1 - d), to rounding."""
+    from retinanet.modeling.model import build_model
+
+    model = build_model(tiny_cfg, num_classes=3).train()
+    ema = ModelEMA(model, decay=0.9, warmup=2)
+    reference = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model(torch.rand(2, 3, 64, 64))  # moves the BN statistics and num_batches_tracked
+        d = ema.current_decay()
+        ema.update(model)
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                reference[k].mul_(d).add_(v, alpha=1.0 - d)
+            else:
+                reference[k].copy_(v)
+    for k, v in ema.module.state_dict().items():
+        torch.testing.assert_close(v, reference[k], rtol=1e-6, atol=1e-6, msg=k)
+    counts = [int(v) for k, v in ema.module.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counts and set(counts) == {3}
+
+
+def test_the_ema_copy_of_a_compiled_model_is_compiled_too(tiny_cfg) -> None:
+    """Evaluation runs the EMA copy: without `compile` it would run eager (deepcopy drops the compiled call)."""
+    from retinanet.engine.runtime import compile_model
+    from retinanet.modeling.model import build_model
+
+    model = compile_model(build_model(tiny_cfg, num_classes=3))
+    assert ModelEMA(model, 0.9, 2).module.head._compiled_call_impl is None
+    compiled = ModelEMA(model, 0.9, 2, compile=compile_model).module
+    assert all(part._compiled_call_impl is not None for part in (compiled.backbone, compiled.fpn, compiled.head))

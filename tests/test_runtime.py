@@ -58,9 +58,9 @@ def test_auto_amp_on_cuda_follows_bf16_support(amx, cuda_bf16) -> None:
     amx(False)  # the CPU does not matter for a CUDA run
     cuda_bf16(True)
     assert resolve_amp("auto", CUDA) == ("bf16", "auto: CUDA device Fake GPU has bf16 tensor cores")
-    cuda_bf16(False)
+    cuda_bf16(False)  # pre-Ampere (V100, T4): fp16 tensor cores only
     choice, why = resolve_amp("auto", CUDA)
-    assert choice == "none" and "no native bf16" in why
+    assert choice == "fp16" and "GradScaler" in why
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
@@ -120,6 +120,18 @@ def test_runtime_resolves_amp_before_compile(amx, monkeypatch) -> None:
     assert chosen.describe().startswith("mixed precision bf16 (auto: the CPU has AMX (amx_bf16)); torch.compile on")
     assert chosen.describe().endswith("evaluation precision none (eval.amp=none as configured)")
     assert resolve_runtime("auto", "auto", CPU, 10, "auto").eval_amp == "bf16"  # eval.amp=auto follows the hardware
+
+
+def test_deterministic_algorithms_hold_for_the_run_only() -> None:
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled())
+    with runtime.deterministic_algorithms(True):
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+            torch.are_deterministic_algorithms_enabled()) == before
+    with runtime.deterministic_algorithms(False):
+        assert torch.backends.cudnn.deterministic == before[0]
 
 
 def test_compile_config_values() -> None:
@@ -199,7 +211,8 @@ def test_compiled_and_eager_give_the_same_loss_and_detections() -> None:
 def test_resume_continues_exactly_with_compile_on(synthetic: Path, tmp_path: Path) -> None:
     """4 compiled iterations equal 2 + --resume 2; the checkpoint holds the plain module's keys."""
     sets = synthetic_overrides(synthetic) + [
-        "train.max_iters=4", "train.eval_every=0", "train.checkpoint_every=2", "train.compile=true", "model.num_classes=5"
+        "train.max_iters=4", "train.eval_every=0", "train.checkpoint_every=2", "train.compile=true", "model.num_classes=5",
+        "train.deterministic=true",
     ]
     full = tmp_path / "full"
     assert run_train(full, sets) == 0
@@ -219,3 +232,18 @@ def test_resume_continues_exactly_with_compile_on(synthetic: Path, tmp_path: Pat
     assert card.runtime["compile_reason"] == "train.compile=true as configured"
     assert "- torch.compile: on (train.compile=true as configured)" in (full / "MODEL_CARD.md").read_text()
     assert json.loads((full / "model_card.json").read_text())["runtime"]["amp"] in ("none", "bf16")
+
+
+def test_sync_bn_is_eager_under_auto_and_refused_with_compile_true(tiny_cfg) -> None:
+    from retinanet.config import replace
+    from retinanet.engine.runtime import Runtime
+    from retinanet.engine.trainer import check_train_config, sync_bn_runtime
+
+    compiled = Runtime("bf16", "auto", True, "auto: long run")
+    eager = sync_bn_runtime(compiled, sync_bn=True)
+    assert eager.compile is False and "train.sync_bn" in eager.compile_reason and eager.amp == "bf16"
+    assert sync_bn_runtime(compiled, sync_bn=False) == compiled
+    cfg = replace(tiny_cfg, **{"train.sync_bn": True, "train.compile": "true", "train.amp": "none"})
+    with pytest.raises(ConfigError, match="train.sync_bn with train.compile=true"):
+        check_train_config(cfg, "run.yaml", CUDA, world=2)
+    check_train_config(cfg, "run.yaml", CUDA, world=1)  # one process: no SyncBatchNorm, nothing to refuse

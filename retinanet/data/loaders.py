@@ -56,9 +56,14 @@ def build_dataset(cfg: Config, split: str, source: str = "config") -> CocoDetect
 
 
 def build_train_loader(
-    cfg: Config, dataset: CocoDetection, start_batch: int = 0, rank: int = 0, world_size: int = 1
+    cfg: Config, dataset: CocoDetection, start_batch: int = 0, rank: int = 0, world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """This rank's slice of every global batch of `cfg.train.batch_size` (the same batches at any world size)."""
+    """This rank's slice of every global batch of `cfg.train.batch_size` (the same batches at any world size).
+
+    `pin_memory` (for a CUDA device) puts each batch in page-locked memory (`Batch.pin_memory`), so the
+    step's `non_blocking` copy to the GPU is asynchronous instead of a synchronous pageable copy.
+    """
     if cfg.train.batch_size % world_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by world_size={world_size}")
     groups = aspect_ratio_group_ids(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
@@ -74,6 +79,7 @@ def build_train_loader(
         worker_init_fn=seed_worker,
         persistent_workers=cfg.data.num_workers > 0,
         prefetch_factor=4 if cfg.data.num_workers > 0 else None,
+        pin_memory=pin_memory,
     )
 
 
@@ -95,8 +101,12 @@ def train_repeat_factors(cfg: Config, dataset: CocoDetection) -> np.ndarray | No
     return factors
 
 
-def build_val_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Batches in dataset order over this rank's contiguous shard; the shards in rank order are the dataset."""
+def build_val_loader(
+    cfg: Config, dataset: CocoDetection, rank: int = 0, world_size: int = 1, pin_memory: bool = False
+) -> DataLoader:
+    """Batches in dataset order over this rank's contiguous shard; the shards in rank order are the dataset.
+
+    `pin_memory` as in `build_train_loader`."""
     shard = -(-len(dataset) // world_size)
     return DataLoader(
         dataset if world_size == 1 else Subset(dataset, range(rank * shard, min(len(dataset), (rank + 1) * shard))),
@@ -104,4 +114,5 @@ def build_val_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world_s
         shuffle=False,
         num_workers=cfg.data.num_workers,
         collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
+        pin_memory=pin_memory,
     )

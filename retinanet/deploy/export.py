@@ -267,8 +267,9 @@ def export_onnx(
     side = -(-int(pre["max_size"]) // divisor) * divisor
     if dynamic:  # trace where no size is 1 (P7 at least 2 x 2): a size of 1 would be fixed into the graph
         side, batch_size = max(side, -(-256 // divisor) * divisor), max(batch_size, 2)
-    images = torch.zeros(batch_size, 3, side, side)
-    image_sizes = torch.full((batch_size, 2), side, dtype=torch.int64)
+    device = next(model.parameters()).device  # the example inputs live with the model (a CUDA model exports)
+    images = torch.zeros(batch_size, 3, side, side, device=device)
+    image_sizes = torch.full((batch_size, 2), side, dtype=torch.int64, device=device)
     wrapper = ExportableDetector(fold_constants(model.eval()) if fold else model.eval(), postprocess).eval()
     dynamic_shapes = None
     if dynamic:

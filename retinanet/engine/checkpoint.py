@@ -112,16 +112,21 @@ def rng_state() -> dict[str, Any]:
         "numpy_pos": int(np_state[2]),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [torch.cuda.get_rng_state()]  # this process's device only: see set_rng_state
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`. CUDA RNG state is per device and a process trains on one (its
+    LOCAL_RANK's), so its state is saved as a one-element list and restored to the current device:
+    a run resumes on any number of visible GPUs. Rank 0 writes the checkpoint and every rank starts
+    from the same seed, so every rank restores rank 0's state. Checkpoints of older code hold one state
+    per GPU visible at save time; the first is cuda:0's, the device rank 0 (and a one-GPU run) used."""
     torch.set_rng_state(state["torch"])
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][0])
 
 
 def previous_path(path: Path) -> Path:

@@ -1,19 +1,32 @@
 """Process-group helpers for torchrun (env:// rendezvous); every function is a no-op in one process.
 
 `torchrun --nproc_per_node=N train.py ...` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT; `init_from_env` joins the group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)
-and pins each process to the GPU of its LOCAL_RANK. Plain `python train.py` never creates a group,
-so the single-process path runs no collective at all.
+MASTER_PORT; `init_from_env` joins the group when WORLD_SIZE > 1 and pins each process to the GPU
+of its LOCAL_RANK. Plain `python train.py` never creates a group, so the single-process path runs
+no collective at all. Every collective of the package goes through the functions here.
+
+On CUDA the group is `cpu:gloo,cuda:nccl`: CUDA tensors (gradients, step stats) go over NCCL and
+CPU tensors over gloo. NCCL has no CPU tensors, so a plain `nccl` group fails on any collective
+of a CPU tensor (the val loss once did); the mixed group makes every device a tensor may live on
+valid, and the object collectives (pickles: COCO records, metrics, checkpoints) stay in host
+memory over gloo instead of being copied to the GPU and back.
 """
 from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+# How long a collective waits for the slowest rank before the group aborts. Rank 0 alone runs the
+# COCO evaluation and writes checkpoints while the others wait in the next collective: on a large
+# val set that passes torch's 10-minute NCCL default, so the wait allowed here is one hour.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
 
 
 def env_world_size() -> int:
@@ -50,9 +63,9 @@ def init_from_env(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", init_method="env://", device_id=device)
+        dist.init_process_group(CUDA_BACKEND, init_method="env://", device_id=device, timeout=PROCESS_GROUP_TIMEOUT)
     else:
-        dist.init_process_group("gloo", init_method="env://")
+        dist.init_process_group("gloo", init_method="env://", timeout=PROCESS_GROUP_TIMEOUT)
     return device
 
 

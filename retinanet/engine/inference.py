@@ -67,11 +67,12 @@ def evaluate(
     results: list[dict] = []
     image_ids: list[int] = []
     kept: list[tuple[Any, Detections, Any]] = []
-    loss_sums = torch.zeros(4, dtype=torch.float64)  # loss, loss_cls, loss_box, batches
+    loss_sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, loss_cls, loss_box, batches
     for batch, outputs, dets in predict(model, postprocess, loader, device, amp):
         if criterion is not None:
             losses = criterion(outputs, [t.to(device) for t in batch.targets])
-            loss_sums += torch.tensor([float(losses[k]) for k in VAL_LOSS_KEYS] + [1.0], dtype=torch.float64)
+            one = torch.ones((), dtype=torch.float64, device=device)  # summed on the device: no host sync per batch
+            loss_sums += torch.stack([losses[k].detach().double() for k in VAL_LOSS_KEYS] + [one])
         batch_records: list[dict] = []
         for i, (det, target) in enumerate(zip(dets, batch.targets)):
             det = Detections(det.boxes_xyxy.cpu(), det.scores.cpu(), det.labels.cpu())

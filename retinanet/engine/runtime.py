@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,15 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def resolve_amp(amp: str, device: torch.device, key: str = "train.amp") -> tuple[str, str]:
     """`train.amp` or `eval.amp` -> ("none" | "bf16" | "fp16", why). auto picks bf16 only where the hardware
-    has bf16 matrix units: on a CPU without AMX oneDNN's bf16 convolutions are slower than fp32 ones."""
+    has bf16 matrix units: on a CPU without AMX oneDNN's bf16 convolutions are slower than fp32 ones. A GPU
+    before Ampere (V100, T4) has fp16 tensor cores only: auto takes fp16 there, with the GradScaler."""
     if amp != "auto":
         return amp, f"{key}={amp} as configured"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", f"auto: CUDA device {name} has bf16 tensor cores"
-        return "none", f"auto: CUDA device {name} has no native bf16 (compute capability < 8.0), fp32"
+        return "fp16", f"auto: CUDA device {name} has fp16 but no bf16 tensor cores (compute capability < 8.0); fp16 with a GradScaler"
     if device.type == "cpu":
         if cpu_has_amx():
             return "bf16", "auto: the CPU has AMX (amx_bf16)"
@@ -231,3 +233,27 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> 
     """Move to the device and, when asked, to NHWC; convolutions then keep NHWC from input to head."""
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """`train.deterministic`: deterministic kernels for the duration of a run, the previous settings after it.
+
+    cuDNN picks a deterministic algorithm and stops autotuning; cuBLAS gets the fixed workspace it
+    needs to be deterministic; `torch.use_deterministic_algorithms` warns (warn_only) at an op with
+    no deterministic kernel rather than stopping a run hours in. Without it a GPU run resumes to the
+    same loss curve but not to the same bits: atomics in cuDNN's backward sum in varying order.
+    """
+    if not on:
+        yield
+        return
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])

@@ -8,6 +8,7 @@ the loop needs (built once by `Trainer.build`) and owns the run's files: checkpo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -42,8 +43,8 @@ from retinanet.engine.optim import build_optimizer, build_scheduler
 from retinanet.engine.profiling import phase
 from retinanet.engine.run_folder import BEST, CONFIG_FILE, LAST, checkpoint_path, default_output_dir, prepare_run_folder
 from retinanet.engine.runtime import (
-    Runtime, autocast, check_amp, compile_model, place_model, resolve_device, resolve_runtime, runtime_record,
-    write_runtime_record,
+    Runtime, autocast, check_amp, compile_model, deterministic_algorithms, place_model, resolve_device, resolve_runtime,
+    runtime_record, write_runtime_record,
 )
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.model_card import finish_training_run
@@ -81,8 +82,9 @@ class StepStats:
     loss_box: float
     num_pos: float
     grad_norm: float  # before clipping; nan when the step was skipped
-    finite: bool  # False: a non-finite loss, no parameter changed
+    finite: bool  # False: no parameter changed (a non-finite loss, or the fp16 GradScaler skipped the step)
     images: int  # images in the step over all ranks
+    scaler_skipped: bool = False  # fp16: inf/nan gradients, the GradScaler skipped the update and lowered its scale
 
 
 def train_step(
@@ -101,10 +103,15 @@ def train_step(
     add up to that of one batch of their total size. A non-finite loss on any rank skips the whole
     step on every rank and leaves the parameters as they were. Under DDP (`model` wrapped), the
     loss of each rank's share is scaled by the world size, so DDP's gradient average is the sum.
+    Under fp16 a step whose gradients overflow is skipped by the GradScaler: its stats say so
+    (`finite` False, `scaler_skipped` True), so the caller advances neither the schedule nor the EMA.
     """
     world, accum = opts.world_size, len(batches)
     optimizer.zero_grad(set_to_none=True)
-    totals = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+    # Summed on the device and read back once, with the finite flag: the step waits for the GPU only
+    # there, at the grad norm, and (fp16) in the GradScaler (engine.host_sync counts these waits).
+    totals = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=opts.device)
+    finite = torch.ones((), dtype=torch.bool, device=opts.device)
     images = 0
     for micro, batch in enumerate(batches):
         batch = batch.to(opts.device, non_blocking=True)
@@ -114,13 +121,15 @@ def train_step(
         with phase("loss"):
             losses = criterion(outputs, batch.targets)  # float32 whatever the autocast
             stats = distributed.all_reduce_sum(torch.stack([losses[k].detach().float() for k in LOSS_KEYS]))
-        if not torch.isfinite(stats[0]):
-            optimizer.zero_grad(set_to_none=True)
-            return StepStats(*[float("nan")] * 3, 0.0, float("nan"), finite=False, images=0)
+        finite &= torch.isfinite(stats[0])
         with phase("backward"):
             scaler.scale(losses["loss"] * world / accum).backward()
-        totals += stats.cpu().double() / accum
+        totals += stats.double() / accum
         images += len(batch) * world
+    *values, all_finite = torch.cat([totals, finite[None].double()]).tolist()
+    if not all_finite:  # the same on every rank: the flag is of the summed stats
+        optimizer.zero_grad(set_to_none=True)
+        return StepStats(*[float("nan")] * 3, 0.0, float("nan"), finite=False, images=0)
     with phase("optimizer"):
         scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -128,9 +137,13 @@ def train_step(
             grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         scaler.step(optimizer)
         scaler.update()
-    return StepStats(*totals.tolist(), grad_norm=float(grad_norm), finite=True, images=images)
+    # The GradScaler lowers its scale exactly when it found inf/nan gradients and skipped optimizer.step.
+    skipped = scaler.is_enabled() and scaler.get_scale() < scale
+    return StepStats(*values, grad_norm=float(grad_norm), finite=not skipped, images=images,
+                     scaler_skipped=skipped)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -236,7 +249,10 @@ class Trainer:
         if cfg.train.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = place_model(model, device, cfg.train.channels_last)
-        runtime = resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters, cfg.eval.amp, config)
+        runtime = sync_bn_runtime(
+            resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters, cfg.eval.amp, config),
+            cfg.train.sync_bn and world > 1,
+        )
         log.info("runtime: %s", runtime.describe())
         if distributed.is_main_process():
             write_runtime_record(out_dir, runtime, device)
@@ -254,11 +270,13 @@ class Trainer:
             val_criterion=build_criterion(replace(cfg, **{"loss.normalizer_momentum": 0.0}), cfg.model.num_classes,
                                           class_counts=class_counts),
             train_box_counts=dict(zip(train_set.category_map.category_ids, class_counts)),
-            ema=ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None,
+            ema=(ModelEMA(model, cfg.train.ema_decay, cfg.train.ema_warmup, compile_model if runtime.compile else None)
+                 if cfg.train.ema_decay > 0 else None),
             postprocess=build_postprocess(cfg), optimizer=optimizer, scheduler=build_scheduler(cfg.train, optimizer),
             scaler=torch.amp.GradScaler(device.type, enabled=runtime.amp == "fp16"),
             train_set=train_set, val_set=val_set,
-            val_loader=build_val_loader(cfg, val_set, distributed.get_rank(), world) if val_set is not None else None,
+            val_loader=(build_val_loader(cfg, val_set, distributed.get_rank(), world, pin_memory=device.type == "cuda")
+                        if val_set is not None else None),
             evaluator=(CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)  # per-class recall
                        if val_set is not None else None),
             logger=RunLogger(out_dir, enabled=distributed.is_main_process()), stop=StopRequest(), progress=Progress(),
@@ -292,7 +310,8 @@ class Trainer:
         load_model_weights(self.model, ckpt.model, path)
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
-        self.scaler.load_state_dict(ckpt.scaler)
+        if ckpt.scaler:  # a run saved without fp16 has an empty scaler state: an fp16 resume starts a fresh scale
+            self.scaler.load_state_dict(ckpt.scaler)
         self.criterion.load_state_dict(ckpt.criterion)
         set_rng_state(ckpt.rng)  # RNG states stay CPU tensors: checkpoints are read to the CPU
         if self.ema is not None:
@@ -312,7 +331,7 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def record(self, stats: StepStats, seconds: float) -> None:
-        """Count the step and move the EMA; too many non-finite losses in a row end the run."""
+        """Count the step and move the EMA (applied steps only); too many non-finite losses in a row end the run."""
         p = self.progress
         p.iteration += 1
         p.train_seconds += seconds
@@ -321,8 +340,11 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             return
-        p.nonfinite_in_a_row += 1
         p.skipped_steps += 1
+        if stats.scaler_skipped:  # the GradScaler's normal search for its scale, not a diverging run
+            log.info("iteration %d: fp16 gradients overflowed, the GradScaler skipped the step", p.iteration - 1)
+            return
+        p.nonfinite_in_a_row += 1
         log.warning("iteration %d: non-finite loss, step skipped (%d in a row)", p.iteration - 1, p.nonfinite_in_a_row)
         if p.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
             raise FloatingPointError(
@@ -434,8 +456,20 @@ def check_train_config(cfg: Config, source: str, device: torch.device, world: in
         )
     if cfg.train.sync_bn and device.type != "cuda":
         raise ConfigError(f"{source}: train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernels); remove it")
+    if cfg.train.sync_bn and world > 1 and cfg.train.compile == "true":
+        raise ConfigError(f"{source}: train.sync_bn with train.compile=true: SyncBatchNorm (a collective inside the "
+                          "forward) is not supported under torch.compile here; set train.compile=auto or false")
     check_amp(cfg.train.amp, device, source)
     check_amp(cfg.eval.amp, device, source, "eval.amp")
+
+
+def sync_bn_runtime(runtime: Runtime, sync_bn: bool) -> Runtime:
+    """SyncBatchNorm all-reduces inside the forward, which torch.compile has never been verified to trace
+    (graph breaks at best): with it, train.compile auto stays eager; true is refused in check_train_config."""
+    if not (sync_bn and runtime.compile):
+        return runtime
+    return dataclasses.replace(runtime, compile=False, compile_reason="auto: train.sync_bn runs eager (SyncBatchNorm "
+                               "is not supported under torch.compile here)")
 
 
 def read_on_main(path: Path) -> Checkpoint:
@@ -463,7 +497,8 @@ def fit(t: Trainer) -> int:
     t.stop.install()
     # This rank's slice of every global batch; the sequence depends only on train.seed (exact --resume).
     batches = iter(build_train_loader(t.cfg, t.train_set, start_batch=t.progress.iteration * cfg.accumulate_steps,
-                                      rank=distributed.get_rank(), world_size=distributed.get_world_size()))
+                                      rank=distributed.get_rank(), world_size=distributed.get_world_size(),
+                                      pin_memory=t.device.type == "cuda"))
     bar = tqdm(range(t.progress.iteration, cfg.max_iters), initial=t.progress.iteration, total=cfg.max_iters,
                dynamic_ncols=True, **({} if t.main_process else {"disable": True}))  # rank 0 keeps TQDM_DISABLE
     window, window_start = [], time.perf_counter()
@@ -472,7 +507,8 @@ def fit(t: Trainer) -> int:
         start = time.perf_counter()
         micro = [next(batches) for _ in range(cfg.accumulate_steps)]  # drawn even for a skipped step
         stats = train_step(t.ddp_model, t.criterion, t.optimizer, t.scaler, micro, t.step_options)
-        t.scheduler.step()
+        if stats.finite:  # a skipped step changed no parameter: the schedule waits with it
+            t.scheduler.step()
         t.record(stats, time.perf_counter() - start)
         window.append(stats)
         done = t.progress.iteration
@@ -497,6 +533,8 @@ def fit(t: Trainer) -> int:
 def train(config: str, overrides: Sequence[str] = (), output_dir: str | None = None, resume: bool = False) -> int:
     """`python train.py`: one process of a run (the only one, or one of WORLD_SIZE under torchrun)."""
     try:
-        return fit(Trainer.build(config, overrides, output_dir, resume))
+        trainer = Trainer.build(config, overrides, output_dir, resume)
+        with deterministic_algorithms(trainer.cfg.train.deterministic):
+            return fit(trainer)
     finally:
         distributed.cleanup()

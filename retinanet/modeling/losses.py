@@ -227,8 +227,8 @@ class DetectionLoss:
         boxes = pad_sequence([t.boxes_xyxy.float() for t in targets], batch_first=True)  # (N, M, 4)
         labels = pad_sequence([t.labels for t in targets], batch_first=True)  # (N, M)
         iscrowd = pad_sequence([t.iscrowd for t in targets], batch_first=True)  # (N, M)
-        counts = torch.tensor([t.labels.numel() for t in targets], device=anchors.device)
-        valid = torch.arange(labels.shape[1], device=anchors.device)[None] < counts[:, None]  # (N, M)
+        valid = pad_sequence([torch.ones(t.labels.shape[0], dtype=torch.bool, device=anchors.device) for t in targets],
+                             batch_first=True)  # (N, M): built on the device, no copy of Python counts
         idx = self.matcher.match_batch(boxes, valid, iscrowd, anchors)  # (N, R)
         if labels.shape[1] == 0:  # no boxes in the whole batch: everything is background
             return torch.full_like(idx, self.num_classes), anchors.new_zeros((*idx.shape, 4))
@@ -246,13 +246,15 @@ class DetectionLoss:
         pos = valid & (labels != self.num_classes)
         num_pos = pos.sum()
         normalizer = self._normalizer(num_pos if self.sum_across_ranks is None else self.sum_across_ranks(num_pos))
+        # The positives' flat indices into N * R, found once: each boolean-mask index would be a host sync.
+        pos_anchor = torch.nonzero(pos.reshape(-1)).squeeze(1)  # (P,)
 
         with torch.autocast(device_type=anchors.device.type, enabled=False):
-            loss_cls = self.classification_loss(outputs, labels, valid, pos) / normalizer
+            loss_cls = self.classification_loss(outputs, labels, valid, pos, pos_anchor) / normalizer
 
-            deltas = outputs.box_deltas[pos].float()  # (P, 4)
-            pos_anchors = anchors.float()[None].expand_as(matched_boxes)[pos]  # (P, 4)
-            gt = matched_boxes[pos].float()
+            deltas = outputs.box_deltas.reshape(-1, 4)[pos_anchor].float()  # (P, 4)
+            pos_anchors = anchors.float()[pos_anchor % anchors.shape[0]]  # (P, 4)
+            gt = matched_boxes.reshape(-1, 4)[pos_anchor].float()
             if self.box_loss == "giou":
                 loss_box = generalized_box_iou_loss(self.box_coder.decode(deltas, pos_anchors), gt, reduction="sum")
             else:
@@ -264,8 +266,10 @@ class DetectionLoss:
             loss_box = self.box_weight * loss_box / normalizer
         return {"loss": loss_cls + loss_box, "loss_cls": loss_cls, "loss_box": loss_box, "num_pos": num_pos}
 
-    def classification_loss(self, outputs: HeadOutputs, labels: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
-        """Summed classification loss; only this part differs between loss types.
+    def classification_loss(
+        self, outputs: HeadOutputs, labels: Tensor, valid: Tensor, pos: Tensor, pos_anchor: Tensor
+    ) -> Tensor:
+        """Summed classification loss; only this part differs between loss types. `pos_anchor` (P,): pos's flat indices.
 
         focal: sigmoid focal loss over all non-ignored anchors. bce: the same with gamma 0
         (alpha-balanced cross-entropy, the paper's baseline). ohem: gamma-0 loss over the hardest
@@ -273,8 +277,7 @@ class DetectionLoss:
         """
         gamma = self.gamma if self.cls_loss == "focal" else 0.0
         if self.cls_loss != "ohem":
-            flat_anchor = torch.nonzero(pos.reshape(-1)).squeeze(1)  # (P,) index into N * R
-            pos_index = flat_anchor * self.num_classes + labels.reshape(-1)[flat_anchor]  # (P,) into N * R * K
+            pos_index = pos_anchor * self.num_classes + labels.reshape(-1)[pos_anchor]  # (P,) into N * R * K
             pos_target = torch.full(pos_index.shape, 1.0 - self.label_smoothing, device=pos_index.device)
             pos_alpha = None
             if self.class_alpha is not None:

@@ -41,15 +41,15 @@ class Matcher:
             iou = iou.masked_fill(~real[..., None], -1.0)
         if iou.shape[-2] == 0:
             return torch.full((*iou.shape[:-2], iou.shape[-1]), BACKGROUND, dtype=torch.int64, device=iou.device)
+        # torch.where throughout: a boolean-mask assignment waits for the GPU (nonzero) every time.
         best_iou, matches = iou.max(dim=-2)  # (..., R); ties go to the first box
-        result = matches.clone()
-        result[best_iou < self.fg_iou] = IGNORE
-        result[best_iou < self.bg_iou] = BACKGROUND  # also every anchor of an image with no real box (IoU -1)
+        result = torch.where(best_iou < self.fg_iou, IGNORE, matches)
+        result = torch.where(best_iou < self.bg_iou, BACKGROUND, result)  # also images with no real box (IoU -1)
         if self.allow_low_quality:
             best_per_box = iou.max(dim=-1, keepdim=True).values  # (..., M, 1)
             is_best = (iou == best_per_box) & (best_per_box > 0)  # (..., M, R)
             low_quality = is_best.any(dim=-2)  # (..., R)
-            result[low_quality] = matches[low_quality]
+            result = torch.where(low_quality, matches, result)
         return result
 
     def match_batch(self, boxes_xyxy: Tensor, valid: Tensor, iscrowd: Tensor, anchors_xyxy: Tensor) -> Tensor:
@@ -75,8 +75,10 @@ class Matcher:
         iou = inter / (box_areas + anchor_area - inter)  # (N, M, R), box_iou's formula
         crowd = valid & iscrowd
         result = self.match_iou(iou, valid & ~iscrowd)
-        if not bool(crowd.any()):
+        if m == 0:
             return result
+        # Computed for every batch (without crowd boxes in_crowd is all False): asking whether the batch
+        # has any would make the CPU wait for the GPU once per step.
         ioa = (inter / anchor_area.clamp(min=1e-6)).masked_fill_(~crowd[..., None], 0.0)  # (N, M, R)
         in_crowd = ioa.max(dim=1).values >= self.crowd_ioa  # (N, R)
         return torch.where((result == BACKGROUND) & in_crowd, torch.full_like(result, IGNORE), result)

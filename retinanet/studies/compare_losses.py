@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from retinanet.data.loaders import DatasetError, build_dataset
@@ -369,6 +370,18 @@ def child_env(jobs: int) -> dict[str, str]:
         threads = str(max(1, cores // jobs))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     return env
+
+
+def gpu_envs(env: dict[str, str], runs: int, jobs: int) -> list[dict[str, str]]:
+    """Each run's environment: with parallel jobs on a machine with G > 1 visible GPUs, run i sees only
+    GPU i mod G (CUDA_VISIBLE_DEVICES; it is the child's cuda:0), so J <= G concurrent runs share none.
+    Without this every run took cuda:0. One job, or one GPU or none: the environment as it is."""
+    count = torch.cuda.device_count()
+    if jobs <= 1 or count <= 1:
+        return [env] * runs
+    visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+    gpus = visible.split(",")[:count] if visible else [str(i) for i in range(count)]
+    return [{**env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(runs)]
 
 
 def _last_line(path: Path) -> str:
@@ -734,8 +747,9 @@ def run_study(args: argparse.Namespace, command: str, launcher: Launcher = launc
     setup_file_logging(output_dir / "compare.log")
     log.info("%d settings x %d seeds = %d runs in %s", len(settings), args.seeds, len(runs), output_dir)
 
-    env = child_env(args.jobs)
-    results = run_all(runs, lambda run, tag: execute(run, args.config, args.set, env, launcher, tag), args.jobs)
+    envs = {id(run): env for run, env in zip(runs, gpu_envs(child_env(args.jobs), len(runs), args.jobs))}
+    results = run_all(runs, lambda run, tag: execute(run, args.config, args.set, envs[id(run)], launcher, tag),
+                      args.jobs)
 
     report = build_report(results, base_cfg, command, rare)
     (output_dir / "report.md").write_text(report)
