@@ -73,8 +73,8 @@ def test_evaluate_cli_errors(synthetic: Path, tmp_path: Path, capsys, monkeypatc
     cases = [
         (["--config", DEMO, "--checkpoint", str(tmp_path / "junk.pt"), "--set", *data], 1,
          f"{tmp_path / 'junk.pt'}: not a readable checkpoint"),
-        (["--config", DEMO, "--checkpoint", str(tmp_path / "junk.pt"), "--set", *data, "train.amp=fp16",
-          "train.device=cpu"], 2, f"{DEMO}: train.amp: fp16 needs a CUDA device"),
+        (["--config", DEMO, "--checkpoint", str(tmp_path / "junk.pt"), "--set", *data, "eval.amp=fp16",
+          "train.device=cpu"], 2, f"{DEMO}: eval.amp: fp16 needs a CUDA device"),
         (["--config", DEMO, "--predictions", str(tmp_path / "list.json"), "--set", *data], 1,
          f"--predictions {tmp_path / 'list.json'}: expected a COCO results list"),
     ]

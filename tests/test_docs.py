@@ -209,9 +209,9 @@ RUN_FOLDER = REPO / "docs" / "run_folder.md"
 
 
 def table_names(page: Path, heading: str) -> set[str]:
-    """The `code` names in the first column of the first table under `heading`."""
+    """The `code` names in the first column of the first table under `heading` (its header row left out)."""
     section = page.read_text().split(heading, 1)[1]
-    rows = re.findall(r"^\|([^|\n]*)\|", section.split("\n## ", 1)[0], flags=re.M)
+    rows = re.findall(r"^\|([^|\n]*)\|", section.split("\n## ", 1)[0], flags=re.M)[1:]
     return {name for cell in rows for name in re.findall(r"`([^`]+)`", cell)}
 
 
