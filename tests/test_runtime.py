@@ -236,14 +236,29 @@ def test_resume_continues_exactly_with_compile_on(synthetic: Path, tmp_path: Pat
 
 def test_sync_bn_is_eager_under_auto_and_refused_with_compile_true(tiny_cfg) -> None:
     from retinanet.config import replace
-    from retinanet.engine.runtime import Runtime
-    from retinanet.engine.trainer import check_train_config, sync_bn_runtime
+    from retinanet.engine.trainer import check_train_config
 
-    compiled = Runtime("bf16", "auto", True, "auto: long run")
-    eager = sync_bn_runtime(compiled, sync_bn=True)
-    assert eager.compile is False and "train.sync_bn" in eager.compile_reason and eager.amp == "bf16"
-    assert sync_bn_runtime(compiled, sync_bn=False) == compiled
+    long = 10 * COMPILE_BREAK_EVEN_ITERS
+    eager, why = resolve_compile("auto", CUDA, "bf16", long, sync_bn=True)
+    assert eager is False and "train.sync_bn" in why
+    assert resolve_compile("auto", CUDA, "bf16", long, sync_bn=False)[0] is True
+    assert resolve_compile("true", CUDA, "bf16", long, sync_bn=True)[0] is True  # refused by check_train_config
     cfg = replace(tiny_cfg, **{"train.sync_bn": True, "train.compile": "true", "train.amp": "none"})
     with pytest.raises(ConfigError, match="train.sync_bn with train.compile=true"):
         check_train_config(cfg, "run.yaml", CUDA, world=2)
     check_train_config(cfg, "run.yaml", CUDA, world=1)  # one process: no SyncBatchNorm, nothing to refuse
+
+
+def test_deterministic_algorithms_hold_for_the_run_and_restore_after() -> None:
+    from retinanet.engine.runtime import deterministic_algorithms
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    with deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic is True and torch.backends.cudnn.benchmark is False
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark) == before
+    with deterministic_algorithms(False):
+        assert torch.are_deterministic_algorithms_enabled() == before[0]
+    assert load_config(None).train.deterministic is False

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from retinanet.config import ConfigError
+from retinanet.evaluation.model_card import cpu_name
 from retinanet.fileio import RunFileError, write_text_atomic
 
 
@@ -90,11 +91,17 @@ COMPILES_PER_RUN = 3
 COMPILE_BREAK_EVEN_ITERS = round(COMPILES_PER_RUN * COMPILE_SECONDS / COMPILE_STEP_GAIN_SECONDS)
 
 
-def resolve_compile(compile: str, device: torch.device, amp: str, max_iters: int) -> tuple[bool, str]:
+def resolve_compile(
+    compile: str, device: torch.device, amp: str, max_iters: int, sync_bn: bool = False
+) -> tuple[bool, str]:
     """`train.compile` -> (on, why). auto compiles where a step gains and the run is long enough to repay
-    the compile (minutes on a CPU); an fp32 step on a CPU without AMX gains too little to ever repay it."""
+    the compile (minutes on a CPU); an fp32 step on a CPU without AMX gains too little to ever repay it.
+    SyncBatchNorm (`sync_bn`: train.sync_bn under torchrun) all-reduces inside the forward, which
+    torch.compile has never been verified to trace: auto stays eager (true is refused at start-up)."""
     if compile != "auto":
         return compile == "true", f"train.compile={compile} as configured"
+    if sync_bn:
+        return False, "auto: train.sync_bn runs eager (SyncBatchNorm is not supported under torch.compile here)"
     if device.type == "cpu" and shutil.which("c++") is None and shutil.which("g++") is None:
         return False, "auto: no C++ compiler on PATH for torch.compile's CPU kernels; eager"
     gains = device.type == "cuda" or (device.type == "cpu" and amp == "bf16" and cpu_has_amx())
@@ -127,27 +134,27 @@ class Runtime:
 
 
 def resolve_runtime(
-    amp: str, compile: str, device: torch.device, max_iters: int, eval_amp: str = "none", source: str = "<config>"
+    amp: str, compile: str, device: torch.device, max_iters: int, eval_amp: str = "none", source: str = "<config>",
+    sync_bn: bool = False,
 ) -> Runtime:
     """`train.amp`, `train.compile` and `eval.amp` resolved once for a run."""
     amp_choice, amp_reason = resolve_amp(amp, device)
-    on, compile_reason = resolve_compile(compile, device, amp_choice, max_iters)
+    on, compile_reason = resolve_compile(compile, device, amp_choice, max_iters, sync_bn)
     eval_choice, eval_reason = resolve_eval_amp(eval_amp, device, source)
     requested = {"train.amp": amp, "train.compile": compile, "eval.amp": eval_amp}
     return Runtime(amp_choice, amp_reason, on, compile_reason, eval_choice, eval_reason, requested)
 
 
-def cpu_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
-    """The CPU model and the flags that decide bf16 speed (AMX tiles, AVX-512 bf16/fp16, VNNI), as the kernel lists them."""
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The CPU flags that decide bf16 speed (AMX tiles, AVX-512 bf16/fp16, VNNI), as the kernel lists them."""
     wanted = ("amx_bf16", "amx_tile", "amx_int8", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f", "avx512_vnni",
               "avx_vnni", "avx2")
     try:
         lines = cpuinfo.read_text().splitlines()
     except OSError:
-        return platform.processor() or platform.machine(), []
-    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+        return []
     flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    return name, [f for f in wanted if f in flags]
+    return [f for f in wanted if f in flags]
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -157,7 +164,6 @@ def environment(device: torch.device) -> dict[str, Any]:
 
     mkldnn = torch.backends.mkldnn
     onednn = re.search(r"(?:oneDNN|MKL-DNN) v(\S+)", torch.__config__.show())
-    cpu, flags = cpu_facts()
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -169,8 +175,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "onednn_fp32_precision": getattr(getattr(mkldnn, "matmul", None), "fp32_precision", None),
-        "cpu": cpu,
-        "cpu_flags": flags,
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
         "amx_override": os.environ.get(AMX_ENV) or None,
         "cpu_has_amx": cpu_has_amx(),
     }

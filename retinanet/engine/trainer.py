@@ -8,7 +8,6 @@ the loop needs (built once by `Trainer.build`) and owns the run's files: checkpo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import signal
 import time
@@ -43,8 +42,8 @@ from retinanet.engine.optim import build_optimizer, build_scheduler
 from retinanet.engine.profiling import phase
 from retinanet.engine.run_folder import BEST, CONFIG_FILE, LAST, checkpoint_path, default_output_dir, prepare_run_folder
 from retinanet.engine.runtime import (
-    Runtime, autocast, check_amp, compile_model, deterministic_algorithms, place_model, resolve_device, resolve_runtime,
-    runtime_record, write_runtime_record,
+    Runtime, autocast, check_amp, compile_model, deterministic_algorithms, place_model, read_runtime_record,
+    resolve_device, resolve_runtime, write_runtime_record,
 )
 from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.model_card import finish_training_run
@@ -249,10 +248,8 @@ class Trainer:
         if cfg.train.sync_bn and world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = place_model(model, device, cfg.train.channels_last)
-        runtime = sync_bn_runtime(
-            resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters, cfg.eval.amp, config),
-            cfg.train.sync_bn and world > 1,
-        )
+        runtime = resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters, cfg.eval.amp, config,
+                                  sync_bn=cfg.train.sync_bn and world > 1)
         log.info("runtime: %s", runtime.describe())
         if distributed.is_main_process():
             write_runtime_record(out_dir, runtime, device)
@@ -433,7 +430,7 @@ class Trainer:
         card = finish_training_run(
             self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, self.progress.iteration,
             self.progress.train_seconds, self.device, world_size=distributed.get_world_size(),
-            runtime=runtime_record(self.runtime, self.device),
+            runtime=read_runtime_record(self.out_dir),  # what runtime.json says, as written at start-up
         )
         log.info("model card: %s", card)
         log.info("done: %d iterations in %.0fs of training; run folder %s", self.progress.iteration,
@@ -461,15 +458,6 @@ def check_train_config(cfg: Config, source: str, device: torch.device, world: in
                           "forward) is not supported under torch.compile here; set train.compile=auto or false")
     check_amp(cfg.train.amp, device, source)
     check_amp(cfg.eval.amp, device, source, "eval.amp")
-
-
-def sync_bn_runtime(runtime: Runtime, sync_bn: bool) -> Runtime:
-    """SyncBatchNorm all-reduces inside the forward, which torch.compile has never been verified to trace
-    (graph breaks at best): with it, train.compile auto stays eager; true is refused in check_train_config."""
-    if not (sync_bn and runtime.compile):
-        return runtime
-    return dataclasses.replace(runtime, compile=False, compile_reason="auto: train.sync_bn runs eager (SyncBatchNorm "
-                               "is not supported under torch.compile here)")
 
 
 def read_on_main(path: Path) -> Checkpoint:

@@ -126,7 +126,8 @@ def finish_training_run(
 
     `data` holds the splits' `CocoDetection.summary()` ("train", and "val" or None); `evaluator` is the
     one of the final evaluation (of checkpoints/last.pt), None without a val set. `runtime` is
-    `engine.runtime.runtime_record`: the precision and compile choices and why, and the environment.
+    the run's runtime.json (`engine.runtime.write_runtime_record`): the precision and compile choices
+    and why, and the environment.
     """
     report = None
     if evaluator is not None and data.get("val") is not None:
