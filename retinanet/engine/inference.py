@@ -1,11 +1,17 @@
-"""The evaluation loop: a model over a loader, detections to COCO records, one COCO evaluation (sharded under torchrun)."""
+"""The evaluation loop: a model over a loader, detections to COCO records, one COCO evaluation (sharded under torchrun).
+
+Every evaluation (training's, evaluate.py's) shows a progress bar of the images done with its ETA on
+rank 0 (under the training bar, which it leaves intact, and cleared when done), then says that the
+COCO evaluation runs: on a large val set that step alone takes minutes. `TQDM_DISABLE=1` hides it.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sized, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from retinanet.engine import distributed
 from retinanet.engine.profiling import phase
@@ -16,6 +22,14 @@ from retinanet.modeling.postprocess import PostProcess
 from retinanet.structures import Detections
 
 VAL_LOSS_KEYS = ("loss", "loss_cls", "loss_box")
+
+
+def progress_bar(loader: Iterable, sharded: bool) -> tqdm:
+    """The evaluation's bar on rank 0, counting images; other ranks get a disabled one (rank 0 keeps TQDM_DISABLE)."""
+    dataset = getattr(loader, "dataset", None)
+    total = len(dataset) if isinstance(dataset, Sized) else None
+    return tqdm(total=total, desc="evaluation, rank 0's shard" if sharded else "evaluation", unit="img",
+                dynamic_ncols=True, leave=False, **({} if distributed.is_main_process() else {"disable": True}))
 
 
 @torch.no_grad()
@@ -68,33 +82,42 @@ def evaluate(
     image_ids: list[int] = []
     kept: list[tuple[Any, Detections, Any]] = []
     loss_sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, loss_cls, loss_box, batches
-    for batch, outputs, dets in predict(model, postprocess, loader, device, amp):
+    with progress_bar(loader, sharded) as bar:
+        for batch, outputs, dets in predict(model, postprocess, loader, device, amp):
+            if criterion is not None:
+                losses = criterion(outputs, [t.to(device) for t in batch.targets])
+                one = torch.ones((), dtype=torch.float64, device=device)  # summed on the device: no host sync per batch
+                loss_sums += torch.stack([losses[k].detach().double() for k in VAL_LOSS_KEYS] + [one])
+            batch_records: list[dict] = []
+            for i, (det, target) in enumerate(zip(dets, batch.targets)):
+                det = Detections(det.boxes_xyxy.cpu(), det.scores.cpu(), det.labels.cpu())
+                batch_records.extend(detections_to_coco(target.image_id, det, label_to_category_id))
+                if len(kept) < keep_images:
+                    h, w = batch.image_sizes[i]
+                    kept.append((batch.images[i, :, :h, :w], det, target))
+            batch_ids = [t.image_id for t in batch.targets]
+            if not sharded:
+                evaluator.update(batch_records, image_ids=batch_ids)
+            results.extend(batch_records)
+            image_ids.extend(batch_ids)
+            bar.update(len(batch_ids))
+        val_loss = {}
         if criterion is not None:
-            losses = criterion(outputs, [t.to(device) for t in batch.targets])
-            one = torch.ones((), dtype=torch.float64, device=device)  # summed on the device: no host sync per batch
-            loss_sums += torch.stack([losses[k].detach().double() for k in VAL_LOSS_KEYS] + [one])
-        batch_records: list[dict] = []
-        for i, (det, target) in enumerate(zip(dets, batch.targets)):
-            det = Detections(det.boxes_xyxy.cpu(), det.scores.cpu(), det.labels.cpu())
-            batch_records.extend(detections_to_coco(target.image_id, det, label_to_category_id))
-            if len(kept) < keep_images:
-                h, w = batch.image_sizes[i]
-                kept.append((batch.images[i, :, :h, :w], det, target))
-        batch_ids = [t.image_id for t in batch.targets]
+            totals = distributed.all_reduce_sum(loss_sums).tolist()  # every rank's shard
+            val_loss = {k: totals[i] / max(1.0, totals[3]) for i, k in enumerate(VAL_LOSS_KEYS)}
         if not sharded:
-            evaluator.update(batch_records, image_ids=batch_ids)
-        results.extend(batch_records)
-        image_ids.extend(batch_ids)
-    val_loss = {}
-    if criterion is not None:
-        totals = distributed.all_reduce_sum(loss_sums).tolist()  # every rank's shard
-        val_loss = {k: totals[i] / max(1.0, totals[3]) for i, k in enumerate(VAL_LOSS_KEYS)}
-    if not sharded:
-        return {**evaluator.compute(), **val_loss}, results, kept
-    shards = distributed.gather_object((results, image_ids))  # None except on rank 0
-    metrics = None
-    if shards is not None:
-        results = [record for shard_records, _ in shards for record in shard_records]
-        evaluator.update(results, image_ids=[i for _, shard_ids in shards for i in shard_ids])
-        metrics = evaluator.compute()
+            _coco_status(bar, len(results))
+            return {**evaluator.compute(), **val_loss}, results, kept
+        shards = distributed.gather_object((results, image_ids))  # None except on rank 0
+        metrics = None
+        if shards is not None:
+            results = [record for shard_records, _ in shards for record in shard_records]
+            _coco_status(bar, len(results))
+            evaluator.update(results, image_ids=[i for _, shard_ids in shards for i in shard_ids])
+            metrics = evaluator.compute()
     return {**distributed.broadcast_object(metrics), **val_loss}, results, kept
+
+
+def _coco_status(bar: tqdm, num_records: int) -> None:
+    """The bar's last words while pycocotools runs, which reports no progress of its own."""
+    bar.set_postfix_str(f"COCO evaluation of {num_records} detections, no progress shown (minutes on a large set)")
