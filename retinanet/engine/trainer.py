@@ -385,7 +385,7 @@ class Trainer:
             for tag, image in training_figures(self.evaluator).items():
                 self.logger.log_images(step, tag, [image])
             self.logger.log_images(step, "eval/predictions", self.draw(kept))
-        log.info("iter %d: AP %.4f AP50 %.4f AP75 %.4f", step, metrics["AP"], metrics["AP50"], metrics["AP75"])
+        log.info("iter %d: AP %.1f AP50 %.1f AP75 %.1f (%%)", step, *(100 * metrics[k] for k in ("AP", "AP50", "AP75")))
         p = self.progress
         p.evals_without_gain = 0 if metrics["AP"] > p.best_ap + self.cfg.train.min_delta else p.evals_without_gain + 1
         if metrics["AP"] > p.best_ap:
@@ -398,9 +398,9 @@ class Trainer:
         patience = self.cfg.train.patience
         if patience == 0 or self.progress.evals_without_gain < patience:
             return False
-        log.info("stopping early at iteration %d: val AP has not improved by more than %g for %d evaluations "
-                 "(train.patience); best AP %.4f", self.progress.iteration, self.cfg.train.min_delta, patience,
-                 self.progress.best_ap)
+        log.info("stopping early at iteration %d: val AP has not improved by more than %g points (train.min_delta %g) "
+                 "for %d evaluations (train.patience); best AP %.1f %%", self.progress.iteration,
+                 100 * self.cfg.train.min_delta, self.cfg.train.min_delta, patience, 100 * self.progress.best_ap)
         return True
 
     def draw(self, kept: list[tuple[torch.Tensor, Any, Any]]) -> list[Any]:

@@ -426,7 +426,7 @@ def execute(run: Run, config: str, base_sets: Sequence[str], env: dict[str, str]
             return _failed(run, tag, "evaluation", code, console)
     info = checkpoint_info(last) if last.is_file() else None
     _, skipped = read_history(run.dir / "metrics.jsonl")
-    log.info("%s: %s  AP %s  AP50 %s", tag, status, _pct(metrics.get("AP")), _pct(metrics.get("AP50")))
+    log.info("%s: %s  AP %s  AP50 %s (%%)", tag, status, _pct(metrics.get("AP")), _pct(metrics.get("AP50")))
     try:
         report = load_report(run.dir)
     except RunFileError as exc:
