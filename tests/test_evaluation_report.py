@@ -4,6 +4,7 @@ Every expected number below is worked out by hand in the comments next to it.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -283,13 +284,15 @@ def test_write_report(tmp_path: Path) -> None:
     written = write_report(out, evaluator, metrics, fixed_thresholds(0.5, [CAT, DOG]), images_dir, num_worst=1)
     names = {p.relative_to(out).as_posix() for p in written}
     assert {"report.html", "confusion_matrix.json", "errors.json", "curves.json", "worst_images.json",
-            "worst_images/000_image1.png"} <= names
+            "worst_images/000_image1.jpg"} <= names
     matrix = json.loads((out / "confusion_matrix.json").read_text())
     assert matrix["counts"] == [[1, 0, 1], [1, 1, 0], [1, 1, 0]]
     rows = worst_images.load_worst_images(out / "worst_images.json")
     assert [r["image_id"] for r in rows] == [1, 2] and rows[1]["drawing"] is None
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5  # PR, F1, confusion, errors, one worst image
+    assert page.count("data:image/png;base64,") == 4  # PR, F1, confusion, errors
+    assert page.count("data:image/jpeg;base64,") == 1  # one worst image
+    assert "Pooled max F1 " in page and "(precision " in page and " %, recall " in page  # percent, as the tables
     assert "--score-thresh 0.5" in page
     figures = training_figures(evaluator, Thresholds({CAT: 0.5, DOG: 0.5}, "test"))
     assert set(figures) == {"eval/confusion_matrix", "eval/f1_curve"}
@@ -335,7 +338,7 @@ def test_evaluate_writes_the_report(trained_run: Path, synthetic: Path, tmp_path
     for name in ("metrics.json", "report.html", "confusion_matrix.json", "confusion_matrix.png", "errors.json",
                  "errors.png", "curves.json", "pr_curves.png", "f1_curves.png", "worst_images.json"):
         assert (out / name).is_file(), name
-    assert len(list((out / "worst_images").glob("*.png"))) == 2
+    assert len(list((out / "worst_images").glob("*.jpg"))) == 2
     gt = json.loads((synthetic / "annotations" / "instances_val.json").read_text())
     categories = sorted(gt["categories"], key=lambda c: c["id"])
     matrix = json.loads((out / "confusion_matrix.json").read_text())
@@ -344,3 +347,42 @@ def test_evaluate_writes_the_report(trained_run: Path, synthetic: Path, tmp_path
     assert [sum(row) for row in matrix["counts"][:-1]] == per_class
     assert set(json.loads((out / "errors.json").read_text())) == set(error_types.ERROR_TYPES)
     assert "operating_point.json (max F1, per class)" in (out / "report.html").read_text()
+
+
+def test_worst_images_of_large_photos_are_shrunk_jpegs(tmp_path: Path) -> None:
+    """A 2048x1371 photo is decoded at a reduced scale and drawn at a long side of 1024 with its boxes scaled
+    by the same factor; small images are still enlarged; report.html embeds a thumbnail."""
+    from PIL import Image
+
+    Image.fromarray(np.full((1371, 2048, 3), 40, np.uint8)).save(tmp_path / "big.jpg", quality=95)
+    pixels, scale = worst_images.read_image(tmp_path / "big.jpg", worst_images.MAX_DRAWN_SIDE)
+    assert pixels.shape == (686, 1024, 3) and scale == 0.5  # 1371 / 2 rounds to 686
+    assert worst_images.read_image(tmp_path / "big.jpg")[0].shape == (1371, 2048, 3)
+    coco = coco_of([(1, CAT, [400, 300, 600, 400], 0)], [(CAT, "cat")])
+    coco.imgs[1].update(width=2048, height=1371)
+    image = group_by_image(coco, [])[0]
+    drawn = worst_images.draw_outcomes(pixels, image, error_types.classify_image(image), {CAT: "cat"}, scale)
+    assert drawn.shape == (686, 1024, 3)
+    orange = np.array([int(error_types.OUTCOME_COLORS[error_types.MISSED][i:i + 2], 16) for i in (1, 3, 5)])
+    # The missed box [400, 300, 1000, 700] lands at [200, 150, 500, 350]: its left edge at x 200, not at 400.
+    assert np.abs(drawn[250, 200].astype(int) - orange).max() < 8 and np.abs(drawn[250, 400] - 40).max() < 8
+    small, small_scale = worst_images.read_image(tmp_path / "big.jpg", 4096)
+    assert small_scale == 1.0 and small.shape == (1371, 2048, 3)
+
+    jpeg = worst_images.jpeg_bytes(drawn)
+    thumbnail = worst_images.jpeg_bytes(drawn, worst_images.THUMBNAIL_SIDE)
+    assert jpeg[:2] == b"\xff\xd8" and len(thumbnail) < len(jpeg)
+    with Image.open(io.BytesIO(thumbnail)) as im:
+        assert im.size == (640, 429)
+
+
+def test_pr_legend_is_off_the_curves() -> None:
+    """The legend sits right of the axes (it used to cover the low-precision curves at the lower left)."""
+    matches = {c: ClassMatches(np.array([0.9, 0.5]), np.array([True, False]), 2) for c in range(1, 6)}
+    figure = curves._pr_figure(curves.curves_data(matches, {c: f"class {c}" for c in range(1, 6)}))
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    legend = axes.get_legend().get_window_extent()
+    assert len(axes.get_legend().get_texts()) == 6  # five classes and the pooled curve
+    assert legend.x0 > axes.get_window_extent().x1  # entirely right of the plot
+    assert legend.x1 <= figure.bbox.x1  # and inside the figure

@@ -112,18 +112,19 @@ def _label(name: str, entry: Mapping[str, Any], measure: str = "AP50") -> str:
     return f"{name} ({measure} {100 * ap:.1f}, {entry['num_gt']} gt)" if ap is not None else f"{name} (no gt)"
 
 
-def _legend(axes: Any, data: Mapping[str, Any], loc: str) -> None:
-    """A legend of every curve, or with many classes only of the pooled one (the rest would hide the plot)."""
-    if len(data["per_class"]) <= MAX_LEGEND:
-        axes.legend(fontsize=7, loc=loc)
-        return
-    handles = [(h, label) for h, label in zip(*axes.get_legend_handles_labels()) if label.startswith(POOLED)]
-    if handles:
-        axes.legend([h for h, _ in handles], [label for _, label in handles], fontsize=7, loc=loc)
+def _legend(axes: Any, data: Mapping[str, Any]) -> None:
+    """A legend right of the axes, off the curves: of every curve, or with more than MAX_LEGEND classes
+    drawn only of the pooled one (the rest would fill the figure)."""
+    entries = list(zip(*axes.get_legend_handles_labels()))
+    if sum(1 for entry in data["per_class"].values() if entry["num_gt"]) > MAX_LEGEND:
+        entries = [(handle, label) for handle, label in entries if label.startswith(POOLED)]
+    if entries:
+        axes.legend(*zip(*entries), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                    frameon=False)
 
 
 def _pr_figure(data: Mapping[str, Any]):
-    figure = new_figure(6.5, 5.0)
+    figure = new_figure(8.5, 5.0)
     axes = figure.add_subplot(1, 1, 1)
     for name, entry in data["per_class"].items():
         if entry["num_gt"]:
@@ -134,14 +135,14 @@ def _pr_figure(data: Mapping[str, Any]):
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
     axes.set_title("precision-recall at IoU 0.5", fontsize=10)
     axes.grid(True, alpha=0.3)
-    _legend(axes, data, "lower left")
+    _legend(axes, data)
     figure.tight_layout()
     return figure
 
 
 def _threshold_figure(data: Mapping[str, Any], per_class: bool, dpi: int = 100):
     """Pooled P/R/F1 against the threshold (left); with `per_class`, each class's F1 (right)."""
-    figure = new_figure(11.0 if per_class else 5.5, 4.2, dpi=dpi)
+    figure = new_figure(12.0 if per_class else 5.5, 4.8, dpi=dpi)
     axes = figure.add_subplot(1, 2 if per_class else 1, 1)
     entry = data["pooled"]
     curves = entry["by_threshold"]
@@ -156,7 +157,7 @@ def _threshold_figure(data: Mapping[str, Any], per_class: bool, dpi: int = 100):
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold")
     axes.set_title(f"{POOLED} pooled: precision, recall, F1 (IoU 0.5)", fontsize=10)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, loc="upper right")
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # below the axes
     if per_class:
         axes = figure.add_subplot(1, 2, 2)
         for name, class_entry in data["per_class"].items():
@@ -170,7 +171,7 @@ def _threshold_figure(data: Mapping[str, Any], per_class: bool, dpi: int = 100):
         axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="F1")
         axes.set_title("F1 per class (dots: each class's max)", fontsize=10)
         axes.grid(True, alpha=0.3)
-        _legend(axes, data, "upper right")
+        _legend(axes, data)
     figure.tight_layout()
     return figure
 

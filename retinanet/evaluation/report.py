@@ -1,7 +1,8 @@
 """The evaluation report: report.html and the files it shows, written beside metrics.json.
 
-report.html is one self-contained page (every figure embedded; the PNG and JSON files beside it
-hold the same figures and numbers): the COCO table, the per-class table (AP, AP50, AP75, AR100,
+report.html is one self-contained page (every figure embedded, the worst images as smaller JPEG
+thumbnails of the drawings beside it; the PNG, JPEG and JSON files beside it hold the same figures
+and numbers), every AP, precision and recall in percent: the COCO table, the per-class table (AP, AP50, AP75, AR100,
 ground-truth count, and precision / recall at the operating point), the precision-recall and
 F1 curves (`curves`), the confusion matrix (`confusion`), what each TIDE error type costs
 (`error_types`) and the worst images drawn (`worst_images`).
@@ -142,12 +143,12 @@ def _draw_worst(
     for summary in ranked:
         path = Path(images_dir) / summary.file_name
         try:
-            pixels = worst_images.read_image(path)
+            pixels, scale = worst_images.read_image(path, worst_images.MAX_DRAWN_SIDE)
         except OSError as exc:
             log.warning("report: cannot read %s (%s); image %d is listed but not drawn", path, exc, summary.image_id)
             continue
         i = index[summary.image_id]
-        drawings[summary.image_id] = worst_images.draw_outcomes(pixels, kept_images[i], errors_kept[i], names)
+        drawings[summary.image_id] = worst_images.draw_outcomes(pixels, kept_images[i], errors_kept[i], names, scale)
     return drawings
 
 
@@ -174,12 +175,18 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _thumbnail(drawing: np.ndarray) -> str:
+    """A worst image's embedded copy: a smaller JPEG than the file beside the page, which its card links to."""
+    return _data_uri(worst_images.jpeg_bytes(drawing, worst_images.THUMBNAIL_SIDE), "image/jpeg")
 
 
 def _figure(out_dir: Path, name: str, alt: str) -> str:
-    return f'<a href="{name}"><img class="figure" alt="{html.escape(alt)}" src="{_data_uri(out_dir / name)}"></a>'
+    uri = _data_uri((out_dir / name).read_bytes())
+    return f'<a href="{name}"><img class="figure" alt="{html.escape(alt)}" src="{uri}"></a>'
 
 
 def _html(
@@ -204,7 +211,8 @@ def _html(
     num_images, num_dets = len(evaluator.coco_gt.imgs), len(evaluator.records)
     parts.append(f"<p class='note'>{num_images} images, {num_dets} detections. Operating point: "
                  f"{esc(thresholds.source)}. Files beside this page: metrics.json, curves.json, "
-                 f"confusion_matrix.json, errors.json, worst_images.json and the PNG figures.</p>")
+                 f"confusion_matrix.json, errors.json, worst_images.json, the PNG figures and the drawings in "
+                 f"{worst_images.FOLDER}/.</p>")
 
     parts.append("<h2>COCO box AP (%)</h2><table><tr>" + "".join(f"<th>{n}</th>" for n in STAT_NAMES) + "</tr><tr>")
     parts.append("".join(f"<td>{_pct(metrics.get(n))}</td>" for n in STAT_NAMES) + "</tr></table>")
@@ -229,8 +237,8 @@ def _html(
                  "The class with the lowest AP50 is shaded.</p>")
 
     best = curve_data["pooled"]["max_f1"]
-    best_text = "" if best is None else (f"Pooled max F1 {best['f1']:.3f} at score {best['threshold']:.3f} "
-                                          f"(precision {best['precision']:.3f}, recall {best['recall']:.3f}). ")
+    best_text = "" if best is None else (f"Pooled max F1 {_pct(best['f1'])} % at score {best['threshold']:.3f} "
+                                          f"(precision {_pct(best['precision'])} %, recall {_pct(best['recall'])} %). ")
     pooled_area = curve_data["pooled"]["ap50"]
     best_text += ("The pooled curve ranks every class's detections in one list; its area "
                   f"({_pct(pooled_area)}) is not COCO's AP50 ({_pct(metrics.get('AP50'))}), the mean of the class curves.")
@@ -260,14 +268,15 @@ def _html(
                  f"image AP50. Ground truth in white (<span class='swatch' style='background:#fff'></span>found), "
                  f"missed ground truth in {_swatch(error_types.MISSED)}orange; detections coloured by outcome: "
                  + " ".join(_swatch(n) + n.replace("_", " ") for n in (error_types.TRUE_POSITIVE, *error_types.ERROR_TYPES[:-1]))
-                 + ".</p><div class='grid'>")
+                 + f". Click an image for its drawing beside this page (long side up to "
+                 f"{worst_images.MAX_DRAWN_SIDE} px).</p><div class='grid'>")
     for rank, summary in enumerate(ranked):
         if summary.image_id not in drawings:
             continue
         link = worst_images.drawing_name(rank, summary.image_id)
         counts = ", ".join(f"{n} {summary.counts[n]}" for n in error_types.ERROR_TYPES if summary.counts[n])
         parts.append(f"<div class='card'><a href='{link}'><img alt='image {summary.image_id}' "
-                     f"src='{_data_uri(out_dir / link)}'></a><br><b>#{rank + 1}</b> image {summary.image_id} "
+                     f"src='{_thumbnail(drawings[summary.image_id])}'></a><br><b>#{rank + 1}</b> image {summary.image_id} "
                      f"({esc(summary.file_name)}): {summary.errors} errors ({esc(counts) or 'none'}), "
                      f"{summary.counts[error_types.TRUE_POSITIVE]} true positives, AP50 {_pct(summary.ap50)}</div>")
     parts.append("</div>")

@@ -7,6 +7,11 @@ classes with ground truth or detections in the image; None for an image with nei
 
 Worst first: the most errors (false positives of every type plus missed boxes), then the lowest
 AP50, then the image id, so the order is total and repeatable.
+
+Size: a drawing is a JPEG with a long side of at most MAX_DRAWN_SIDE (photos are shrunk, decoded at
+a reduced scale where JPEG allows, before the boxes are drawn, so lines and captions keep their
+width); report.html embeds a THUMBNAIL_SIDE copy of each. Twelve 2048x1371 photos drawn at full
+size as PNG made a 29 MB page; now a few MB.
 """
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ from retinanet.evaluation.visualize import draw_detections, enlarge
 FILE_NAME = "worst_images.json"
 FOLDER = "worst_images"
 MIN_DRAWN_SIDE = 384  # small images are enlarged (nearest neighbour) so boxes and captions stay legible
+MAX_DRAWN_SIDE = 1024  # larger images are shrunk to this long side before drawing
+THUMBNAIL_SIDE = 640  # the copy report.html embeds: twice a card's width, sharp on high-density screens
+JPEG_QUALITY = 85
 GT_COLOR = (255, 255, 255)
 CROWD_COLOR = (150, 150, 150)
 
@@ -74,17 +82,33 @@ def _rgb(color: str) -> tuple[int, int, int]:
     return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3) RGB, upright per its EXIF orientation, as the datasets read it."""
+def read_image(path: Path, max_side: int | None = None) -> tuple[np.ndarray, float]:
+    """uint8 (H, W, 3) RGB, upright per its EXIF orientation, as the datasets read it, and its scale.
+
+    With `max_side` an image with a longer side is shrunk to it (a JPEG decoded at a reduced scale
+    first); the scale (drawn pixels per original pixel, 1 when not shrunk) maps boxes onto it.
+    """
     with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
+        long_side = max(im.size)
+        scale = 1.0 if max_side is None or long_side <= max_side else max_side / long_side
+        if scale < 1.0:
+            im.draft("RGB", (math.ceil(im.width * scale), math.ceil(im.height * scale)))
+        upright = ImageOps.exif_transpose(im).convert("RGB")
+        if scale < 1.0:
+            factor = max_side / max(upright.size)
+            upright = upright.resize((round(upright.width * factor), round(upright.height * factor)), Image.LANCZOS)
+        return np.asarray(upright, dtype=np.uint8).copy(), scale
 
 
 def draw_outcomes(
-    image_uint8_hwc: np.ndarray, image: ImageBoxes, errors: ImageErrors, names: Mapping[int, str]
+    image_uint8_hwc: np.ndarray, image: ImageBoxes, errors: ImageErrors, names: Mapping[int, str], scale: float = 1.0
 ) -> np.ndarray:
-    """Ground truth in white (missed in orange, crowd in grey) and each kept detection in its outcome's colour."""
-    pixels, factor = enlarge(image_uint8_hwc, MIN_DRAWN_SIDE)
+    """Ground truth in white (missed in orange, crowd in grey) and each kept detection in its outcome's colour.
+
+    `scale`: `image_uint8_hwc`'s pixels per original pixel (`read_image`'s), which the boxes are in.
+    """
+    pixels, enlarged = enlarge(image_uint8_hwc, MIN_DRAWN_SIDE)
+    factor = scale * enlarged
     missed = set(errors.missed)
     gt_names = [names.get(int(c), str(c)) for c in image.gt_category_ids]
     groups = [
@@ -106,7 +130,7 @@ def draw_outcomes(
 
 
 def drawing_name(rank: int, image_id: int) -> str:
-    return f"{FOLDER}/{rank:03d}_image{image_id}.png"
+    return f"{FOLDER}/{rank:03d}_image{image_id}.jpg"
 
 
 def save_worst_images(
@@ -114,7 +138,7 @@ def save_worst_images(
     drawings: Mapping[int, np.ndarray],
     out_dir: Path,
 ) -> list[Path]:
-    """worst_images.json (every image, worst first) and worst_images/NNN_imageID.png for the drawn ones."""
+    """worst_images.json (every image, worst first) and worst_images/NNN_imageID.jpg for the drawn ones."""
     out_dir = Path(out_dir)
     (out_dir / FOLDER).mkdir(parents=True, exist_ok=True)
     written = []
@@ -122,8 +146,7 @@ def save_worst_images(
     for rank, summary in enumerate(ranked):
         if summary.image_id in drawings:
             path = out_dir / drawing_name(rank, summary.image_id)
-            buffer = Image.fromarray(drawings[summary.image_id])
-            write_bytes_atomic(path, _png(buffer))
+            write_bytes_atomic(path, jpeg_bytes(drawings[summary.image_id]))
             written.append(path)
     rows = [{"rank": rank, **asdict(s), "drawing": drawing_name(rank, s.image_id) if s.image_id in drawings else None}
             for rank, s in enumerate(ranked)]
@@ -131,9 +154,14 @@ def save_worst_images(
     return [out_dir / FILE_NAME, *written]
 
 
-def _png(image: Image.Image) -> bytes:
+def jpeg_bytes(image_uint8_hwc: np.ndarray, max_side: int | None = None) -> bytes:
+    """The image as a JPEG, shrunk to a long side of `max_side` when it is longer (report.html's thumbnails)."""
+    image = Image.fromarray(image_uint8_hwc)
+    if max_side is not None and max(image.size) > max_side:
+        factor = max_side / max(image.size)
+        image = image.resize((round(image.width * factor), round(image.height * factor)), Image.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 
