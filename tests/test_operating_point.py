@@ -14,6 +14,7 @@ from retinanet.cli import evaluate
 from retinanet.cli import predict as predict_cli
 from retinanet.fileio import RunFileError
 from retinanet.cli.common import run_cli
+from retinanet.evaluation import drift
 from retinanet.evaluation.evaluator import ClassMatches, CocoEvaluator
 from retinanet.evaluation.operating_point import (
     OperatingPoint,
@@ -370,7 +371,7 @@ def test_evaluate_target_precision_stores_operating_point_and_predict_uses_it(
 
 
 def test_evaluate_cost_feeds_the_card_and_predict_watches_score_drift(
-    trained_run: Path, synthetic: Path, tmp_path: Path, capsys
+    trained_run: Path, synthetic: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     run = copy_run(trained_run, tmp_path / "run")
     checkpoint = run / "checkpoints" / "best.pt"
@@ -385,15 +386,21 @@ def test_evaluate_cost_feeds_the_card_and_predict_watches_score_drift(
     detections = json.loads((tmp_path / "eval" / "detections.json").read_text())
     assert facts["score_distribution"]["num_detections"] == len(detections)
 
-    # predict.py on the val images themselves: the cost thresholds, and the same scores as the card's.
+    # predict.py on the 8 val images themselves: the cost thresholds; too few images to judge drift.
     out, _ = predict_records(checkpoint, synthetic / "val", tmp_path / "pred", capsys)
     assert f"score thresholds from {run / 'operating_point.json'} (least cost 5 x missed" in out
+    assert f"score drift: not judged on 8 images: it needs at least {drift.MIN_IMAGES} new images" in out
+    assert "KS D" not in out and "warning" not in out
+    # Judged from 8 images on: the same scores as the card's.
+    monkeypatch.setattr(drift, "MIN_IMAGES", 8)
+    out, _ = predict_records(checkpoint, synthetic / "val", tmp_path / "pred", capsys)
     assert "score drift vs val, scores: KS D 0.0" in out and "warning" not in out
-    # A card whose val scores were all lower: the same images now warn, with the figures.
+    # A card whose val scores were all lower: the same images now warn, with the figures and what to do.
     facts["score_distribution"]["scores"] = [s / 10 for s in facts["score_distribution"]["scores"]]
     (run / "model_card.json").write_text(json.dumps(facts))
     out, _ = predict_records(checkpoint, synthetic / "val", tmp_path / "pred", capsys)
     assert "warning: the scores of these images differ from the validation set's (score drift)" in out
+    assert "  what to do: look at the drawn images for what changed" in out
     assert re.search(r"score drift vs val, scores: KS D (1\.000|0\.9\d\d) \(warns above 0\.\d+\)", out)
 
 

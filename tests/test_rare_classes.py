@@ -14,7 +14,7 @@ from torchvision.ops import sigmoid_focal_loss as tv_focal
 from retinanet.config import ConfigError, load_config
 from retinanet.data.loaders import build_dataset, build_train_loader, train_repeat_factors
 from retinanet.data.sampler import TrainBatchSampler, repeat_factors, sampling_summary
-from retinanet.evaluation.drift import check_drift, drift_bound, format_drift, ks_statistic, score_distribution
+from retinanet.evaluation.drift import MIN_IMAGES, check_drift, drift_bound, format_drift, ks_statistic, score_distribution
 from retinanet.evaluation.evaluator import ClassMatches
 from retinanet.evaluation.operating_point import class_scalars
 from retinanet.modeling.box_coder import BoxCoder
@@ -233,9 +233,27 @@ def test_score_distribution_and_drift_warning() -> None:
     shifted = check_drift(reference, rng.uniform(0.05, 0.5, 500), [10] * 50)
     # Every new score is <= 0.5, where the val CDF is (0.5 - 0.05) / 0.95 = 0.474: D = 1 - 0.474 = 0.526.
     assert shifted[0].drifted and shifted[0].statistic == pytest.approx(0.526, abs=0.02)
-    text = format_drift(shifted)
+    text = format_drift(shifted, num_images=MIN_IMAGES)
     assert text.startswith("warning: the scores of these images differ from the validation set's (score drift)")
+    assert "\n  what to do: look at the drawn images" in text
     assert f"KS D {shifted[0].statistic:.3f} (warns above {drift_bound(2000, 500):.3f})" in text
+    assert format_drift(same, num_images=MIN_IMAGES).startswith("score drift vs val, scores: KS D ")
+
+
+def test_drift_is_not_judged_on_fewer_than_min_images() -> None:
+    """4 photos of one scene: their detections' scores differ from val's by far more than the bound,
+    which counts the detections as independent; below MIN_IMAGES nothing is judged."""
+    rng = np.random.default_rng(0)
+    reference = score_distribution([{"image_id": i // 10, "score": s} for i, s in enumerate(rng.uniform(0.05, 1.0, 2000))],
+                                   range(200))
+    checks = check_drift(reference, rng.uniform(0.05, 0.3, 40), [10] * 4)
+    assert checks[0].drifted  # D about 0.74 against a bound of 0.26 (2000 and 40 detections)
+    assert format_drift(checks, num_images=4) == (
+        "score drift: not judged on 4 images: it needs at least 50 new images (fewer, often from one scene, "
+        "differ from the validation set by chance)")
+    assert format_drift(checks, num_images=1).startswith("score drift: not judged on 1 image: ")
+    assert format_drift([], num_images=100) == ""  # nothing stored to compare with
+    assert format_drift(checks, num_images=MIN_IMAGES).startswith("warning: ")
 
 
 # ----------------------------------------------------------------------------- the study's keys

@@ -12,7 +12,8 @@ Score thresholds: by default the operating point stored in the checkpoint's run 
 
 Score drift (checkpoints): when the run's model card stores the val score distribution, the scores and the
 detections per image on these images (before the thresholds) are compared with it, and a warning
-with the figures is printed when they differ by more than `retinanet.evaluation.drift`'s bound.
+with the figures and what to do is printed when they differ by more than `retinanet.evaluation.drift`'s
+bound; on fewer than `drift.MIN_IMAGES` (50) images it only says that they are too few to judge.
 
 Precision: eval.amp of the checkpoint's config, none (fp32) unless `--set eval.amp=auto|bf16`: the
 same detections on every machine, and those of the exported file (docs/speed.md).
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out_dir}/ (drawn images and detections.json)")
     card = load_model_card(Path(args.checkpoint).parent.parent) if args.checkpoint else None
     if card is not None and card.score_distribution is not None:
-        drift = format_drift(check_drift(card.score_distribution, all_scores, per_image))
+        drift = format_drift(check_drift(card.score_distribution, all_scores, per_image), len(per_image))
         if drift:
             print(drift)
     return 0

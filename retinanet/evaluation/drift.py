@@ -11,6 +11,10 @@ Bound: a check warns when D > max(MIN_SHIFT, KS_C * sqrt((n + m) / (n * m))), n 
 sample sizes (val detections or images, and the new ones). The second term is the KS test's
 critical value at the 1 % level (c(0.01) = sqrt(-ln(0.005) / 2) = 1.628), so a few images do not
 raise an alarm by chance; MIN_SHIFT keeps large runs from warning over shifts too small to matter.
+
+Minimum sample: below MIN_IMAGES new images nothing is judged. The detections of one image share its
+scene, so a few images differ from any val set whatever the model does (4 photos of one export gave
+D 0.365 against a bound of 0.1): the test counts detections as independent, and they are not.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import numpy as np
 QUANTILES: tuple[float, ...] = tuple(i / 100 for i in range(101))
 KS_C = math.sqrt(-math.log(0.01 / 2) / 2)  # 1.628: the two-sample KS critical coefficient at the 1 % level
 MIN_SHIFT = 0.1  # the smallest D worth a warning, whatever the sample sizes
+MIN_IMAGES = 50  # fewer new images than this are too few to judge (see the module doc)
 
 
 def ks_statistic(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
@@ -105,8 +110,14 @@ def check_drift(reference: Mapping[str, Any], scores: Sequence[float], detection
     return checks
 
 
-def format_drift(checks: Sequence[DriftCheck]) -> str:
-    """One line per check with its figures, and 'warning: ...' first when any drifted."""
+def format_drift(checks: Sequence[DriftCheck], num_images: int) -> str:
+    """One line per check with its figures, 'warning: ...' and what to do first when any drifted; with fewer
+    than MIN_IMAGES images, one line saying that the sample is too small to judge."""
+    if not checks:
+        return ""
+    if num_images < MIN_IMAGES:
+        return (f"score drift: not judged on {num_images} image{'s' if num_images != 1 else ''}: it needs at least "
+                f"{MIN_IMAGES} new images (fewer, often from one scene, differ from the validation set by chance)")
     lines = [
         f"score drift vs val, {c.name}: KS D {c.statistic:.3f} (warns above {c.bound:.3f}); median {c.median:.4g} "
         f"here vs {c.reference_median:.4g} on val ({c.size} here, {c.reference_size} on val)"
@@ -114,6 +125,12 @@ def format_drift(checks: Sequence[DriftCheck]) -> str:
     ]
     drifted = [c.name for c in checks if c.drifted]
     if drifted:
-        lines.insert(0, f"warning: the {' and '.join(drifted)} of these images differ from the validation set's "
-                        "(score drift): the stored thresholds may not give the stored precision and recall here")
+        lines[:0] = [
+            f"warning: the {' and '.join(drifted)} of these images differ from the validation set's (score drift): "
+            "the stored thresholds may not give the stored precision and recall here.",
+            "  what to do: look at the drawn images for what changed (camera, lighting, objects, classes); label "
+            f"{MIN_IMAGES} or more of them and evaluate the checkpoint on them (docs/rare_classes.md, Score drift): "
+            "if AP dropped, add such images to the training set and train again; if not, evaluate.py "
+            "--target-precision P on them stores thresholds that hold there.",
+        ]
     return "\n".join(lines)

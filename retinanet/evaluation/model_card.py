@@ -21,7 +21,7 @@ import torch
 from retinanet.config import Config, from_dict, to_dict
 from retinanet.fileio import RunFileError
 from retinanet.fileio import write_text_atomic
-from retinanet.evaluation.drift import MIN_SHIFT, score_distribution
+from retinanet.evaluation.drift import MIN_IMAGES, MIN_SHIFT, score_distribution
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.evaluation.operating_point import IOU, OperatingPointReport, format_operating_point_table, save_report, search
 from retinanet.modeling.model import effective_frozen_stages
@@ -339,8 +339,8 @@ def _distribution_section(raw: dict[str, Any] | None) -> list[str]:
 
     lines += [
         f"{raw['num_detections']} detections on {raw['num_images']} images. `scripts/predict.py` compares the "
-        f"images it runs with this (Kolmogorov-Smirnov; it warns above max({MIN_SHIFT:g}, the test's 1 % critical "
-        "value), see docs/rare_classes.md).",
+        f"images it runs with this (Kolmogorov-Smirnov, on {MIN_IMAGES} images or more; it warns above "
+        f"max({MIN_SHIFT:g}, the test's 1 % critical value), see docs/rare_classes.md).",
         "",
         "| quantity | " + " | ".join(f"{100 * q:g} %" for q in picks) + " |",
         "|---|" + "---:|" * len(picks),
