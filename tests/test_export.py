@@ -8,6 +8,7 @@ the same count per image, and one-to-one the same labels, boxes within 1e-2 px a
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from retinanet.evaluation.evaluator import STAT_NAMES
 from retinanet.evaluation.operating_point import ClassPoint, OperatingPoint, OperatingPointReport, save_report
 from retinanet.fileio import RunFileError
 from retinanet.modeling.detector import Detector
-from retinanet.deploy.export import METADATA_FORMAT, ModelMetadata, class_nms, export_onnx
+from retinanet.deploy.export import METADATA_FORMAT, ModelMetadata, class_nms, export_onnx, quiet_library_logs
 from retinanet.deploy.fold import fold_constants
 from retinanet.modeling.model import build_model, build_postprocess
 from retinanet.deploy.onnx_detector import OnnxDetector
@@ -333,7 +334,8 @@ def test_fold_constants_puts_frozen_bn_into_the_weights() -> None:
 
 
 @pytest.mark.slow
-def test_folded_export_equals_unfolded(run: dict) -> None:
+def test_folded_export_equals_unfolded(run: dict, caplog) -> None:
+    caplog.set_level(logging.INFO)
     ckpt = Checkpoint.load(run["ckpt"])
     cfg = replace(ckpt.build_config(), **{"model.num_classes": len(ckpt.categories)})
     model = build_model(cfg).eval()
@@ -341,6 +343,8 @@ def test_folded_export_equals_unfolded(run: dict) -> None:
     props = {p.key: p.value for p in onnx.load(str(run["dynamic"])).metadata_props}
     unfolded = export_onnx(model, build_postprocess(cfg), ModelMetadata.from_props(props, run["dynamic"]),
                            run["root"] / "unfolded.onnx", dynamic=True, fold=False)
+    # The exporter's known-harmless warning and its passes' INFO lines are not shown to the user.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith(("onnx_ir", "onnxscript"))] == []
     ops = {name: [n.op_type for n in onnx.load(str(name)).graph.node] for name in (run["dynamic"], unfolded)}
     assert "BatchNormalization" not in ops[run["dynamic"]] and ops[unfolded].count("BatchNormalization") == 20
     photos = [_photo(p) for p in PHOTOS]
@@ -435,3 +439,25 @@ def test_int8_export_records_its_calibration(run: dict, synthetic: Path, tmp_pat
     squares = [_photo(p)[:, :200, :200] for p in PHOTOS[:3]]
     assert len(detector(squares)) == 3
     assert json.loads(json.dumps(meta.calibration)) == meta.calibration
+
+
+def test_export_drops_only_the_known_harmless_library_lines(caplog) -> None:
+    caplog.set_level(logging.INFO)
+    lines = [
+        ("onnx_ir._convenience", logging.WARNING, "Attribute type is ambiguous because it is an empty sequence. "
+         "Please create an Attr with an explicit type. Defaulted to INTS"),
+        ("torch.utils.cpp_extension", logging.WARNING, "No CUDA runtime is found, using CUDA_HOME='/usr/local'"),
+        ("onnx_ir.passes.common.unused_removal", logging.INFO, "Removed 69 unused nodes"),
+        ("onnxscript.optimizer", logging.INFO, "No unused functions to remove"),
+        ("onnx_ir._convenience", logging.WARNING, "a real problem"),
+        ("onnxscript.optimizer", logging.ERROR, "a failed pass"),
+        ("torch.utils.cpp_extension", logging.WARNING, "another warning"),
+    ]
+    with quiet_library_logs():
+        for name, level, message in lines:
+            logging.getLogger(name).log(level, message)
+    assert [r.getMessage() for r in caplog.records] == ["a real problem", "a failed pass", "another warning"]
+    caplog.clear()
+    for name, level, message in lines:  # outside the export, every line shows again
+        logging.getLogger(name).log(level, message)
+    assert len(caplog.records) == len(lines)

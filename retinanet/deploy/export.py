@@ -22,11 +22,13 @@ categories, preprocessing, postprocess settings and the run's operating point.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,14 @@ MIN_OPSET, MAX_OPSET = 18, 23
 DEFAULT_OPSET = 18
 METADATA_FORMAT = "retinanet-onnx/1"
 _UNSELECTED = -1.0  # score of a (class, candidate) pair that NMS must not see: below every valid score
+# Library log lines known to be harmless here, dropped while exporting; every other warning still shows.
+KNOWN_HARMLESS = (
+    # torch's translation writes an empty list constant (`Constant value_ints=[]`): INTS is its right type.
+    ("onnx_ir._convenience", "Attribute type is ambiguous because it is an empty sequence"),
+    # NNCF imports torch's C++ extension builder, which looks for CUDA; OpenVINO quantization needs none.
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+)
+CHATTY = ("onnx_ir", "onnxscript")  # their graph passes log INFO lines ("Removed 69 unused nodes") for developers
 
 
 @torch.library.custom_op("retinanet::class_nms", mutates_args=())
@@ -221,6 +231,33 @@ class ModelMetadata:
         return meta
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+@contextlib.contextmanager
+def quiet_library_logs() -> Iterator[None]:
+    """Inside: no KNOWN_HARMLESS line and no INFO line of the CHATTY exporters; their warnings and errors show."""
+    filters = [(logging.getLogger(name), _DropMessage(start)) for name, start in KNOWN_HARMLESS]
+    levels = [(logging.getLogger(name), logging.getLogger(name).level) for name in CHATTY]
+    for logger, drop in filters:
+        logger.addFilter(drop)
+    for logger, _ in levels:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, drop in filters:
+            logger.removeFilter(drop)
+        for logger, level in levels:
+            logger.setLevel(level)
+
+
 def require(module: str) -> Any:
     """Import an optional dependency of the `export` extra, or say in one line how to install it."""
     try:
@@ -281,7 +318,7 @@ def export_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), quiet_library_logs():
             # Both inputs share the batch Dim on purpose; the exporter notes it once per name.
             warnings.filterwarnings("ignore", message=".*axis name: batch will not be used")
             program = torch.onnx.export(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from retinanet.config import ConfigError, load_config
 from retinanet.data.coco import load_image
 from retinanet.data.loaders import build_dataset
-from retinanet.deploy.export import INPUT_NAMES, ModelMetadata, require
+from retinanet.deploy.export import INPUT_NAMES, ModelMetadata, quiet_library_logs, require
 from retinanet.modeling.preprocess import prepare_images
 
 DEFAULT_CALIBRATION_IMAGES = 100
@@ -71,12 +71,13 @@ def calibration_inputs(
 
 def quantize_int8(model: Any, inputs: list[dict[str, np.ndarray]]) -> tuple[Any, dict[str, Any]]:
     """NNCF's default post-training quantization of the convolutions; returns the model and what was done."""
-    nncf = require("nncf")
-    nncf.set_log_level(logging.WARNING)  # its per-node INFO lines are not for users
-    ignored = ["Add", "Multiply", "Subtract", "Divide", "MatMul", "Maximum", "Minimum"]  # the graph's box arithmetic
-    quantized = nncf.quantize(
-        model, nncf.Dataset(inputs), subset_size=len(inputs), preset=nncf.QuantizationPreset.PERFORMANCE,
-        ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
-    )
+    with quiet_library_logs():
+        nncf = require("nncf")
+        nncf.set_log_level(logging.WARNING)  # its per-node INFO lines are not for users
+        ignored = ["Add", "Multiply", "Subtract", "Divide", "MatMul", "Maximum", "Minimum"]  # the graph's box arithmetic
+        quantized = nncf.quantize(
+            model, nncf.Dataset(inputs), subset_size=len(inputs), preset=nncf.QuantizationPreset.PERFORMANCE,
+            ignored_scope=nncf.IgnoredScope(types=ignored, validate=False),
+        )
     method = "post-training (min-max, performance preset, fast bias correction)"
     return quantized, {"tool": f"nncf {nncf.__version__}", "method": method, "ignored_types": ignored}
