@@ -4,14 +4,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from retinanet.evaluation.evaluator import STAT_NAMES
+from retinanet.evaluation.evaluator import STAT_NAMES, ClassMatches
 from retinanet.engine.logger import RunLogger, setup_file_logging
+from retinanet.evaluation.operating_point import class_scalars
 from retinanet.evaluation.visualize import GREEN, RED, draw_comparison, draw_detections
+from tests.helpers import REPO
 
 
 def eval_metrics() -> dict:
@@ -99,3 +102,45 @@ def test_draw_comparison_colors_gt_green_and_predictions_red() -> None:
     assert tuple(out[70, 110]) == RED  # right edge of the prediction
     faint = draw_detections(image, [[60.0, 50.0, 110.0, 90.0]], ["dog"], [0.2], min_score=0.5)
     assert not faint.any()
+
+
+def documented_tags() -> set[str]:
+    """The scalar tags docs/run_folder.md lists under "TensorBoard tags" (`<name>` kept as written)."""
+    section = (REPO / "docs" / "run_folder.md").read_text().split("## TensorBoard tags", 1)[1].split("\n## ", 1)[0]
+    return {tag for tag in re.findall(r"`((?:train|eval|eval_per_class|eval_classes)/[^`]+)`", section)}
+
+
+def test_tensorboard_tags_are_the_documented_ones_and_absent_only_where_undefined(tmp_path: Path) -> None:
+    """What a training evaluation logs on a set without small boxes, where the rarest training class has no
+    val boxes and one class is not detected at the first evaluation: every tag is documented, the absent ones
+    are those docs/run_folder.md says, and precision and recall have the same points."""
+    metrics = eval_metrics()
+    metrics["ARs"] = math.nan  # no small boxes: APs (eval_metrics) and ARs undefined
+    metrics["per_class"]["dog"] = {"id": 7, "AP": 0.0, "AP50": 0.0}
+    metrics.update(loss=1.0, loss_cls=0.6, loss_box=0.4)  # training's evaluations compute the val loss
+    train_boxes = {3: 40, 7: 9, 15: 1}  # fish, the rarest in training, has no val boxes
+    logger = RunLogger(tmp_path)
+    for step, dog_scores in ((10, []), (20, [0.6])):  # dog: no detection, then a false positive
+        matches = {3: ClassMatches(np.array([0.9, 0.4]), np.array([True, False]), 2),
+                   7: ClassMatches(np.array(dog_scores), np.zeros(len(dog_scores), bool), 3),
+                   15: ClassMatches(np.zeros(0), np.zeros(0, bool), 0)}
+        logger.log_eval(step, metrics)
+        logger.log_scalars(step, class_scalars(matches, metrics, train_boxes), prefix="eval_classes", kind="eval_classes")
+    logger.close()
+
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    written = set(events.Tags()["scalars"])
+    names = {"cat", "dog", "fish"}
+    documented = {tag.replace("<name>", name) for tag in documented_tags() for name in names}
+    assert written <= documented, f"logged but not in docs/run_folder.md: {sorted(written - documented)}"
+    images = {"eval/pr_curve_iou50", "eval/confusion_matrix/0", "eval/f1_curve/0"}
+    eval_tags = {t for t in documented if t.startswith("eval") and t not in images and "<i>" not in t}
+    # Absent, as the docs say: the small-box numbers, and fish (no val boxes) everywhere.
+    assert eval_tags - written == {"eval/APs", "eval/ARs", "eval_per_class/fish", "eval_classes/recall/fish",
+                                   "eval_classes/precision/fish"}
+    for name in ("cat", "dog"):
+        assert [e.step for e in events.Scalars(f"eval_classes/precision/{name}")] == [10, 20]
+        assert [e.step for e in events.Scalars(f"eval_classes/recall/{name}")] == [10, 20]
+    assert [e.value for e in events.Scalars("eval_classes/precision/dog")] == [0.0, 0.0]
+    assert [e.value for e in events.Scalars("eval_classes/rare_AP50")] == [0.0, 0.0]  # dog: rarest with val boxes

@@ -193,14 +193,18 @@ def test_class_scalars_recall_precision_at_max_f1_and_rarest_ap50() -> None:
     matches = {
         # t=0.9: F1 2/3; t=0.8: 1/2; t=0.7: TP 2 of 3 kept, 2 gt -> F1 4/5 (max): recall 1, precision 2/3.
         1: ClassMatches(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2),
-        2: ClassMatches(np.zeros(0), np.zeros(0, bool), 3),  # no detections: recall 0, no precision
+        2: ClassMatches(np.zeros(0), np.zeros(0, bool), 3),  # no detections: recall 0 and precision 0
         3: ClassMatches(np.array([0.5]), np.array([False]), 0),  # no val boxes: left out
     }
     metrics = {"per_class": {"cat": {"id": 1, "AP50": 0.7}, "dog": {"id": 2, "AP50": 0.0},
                              "bird": {"id": 3, "AP50": None}}}
     scalars = class_scalars(matches, metrics, train_box_counts={1: 50, 2: 5, 3: 0})
-    assert scalars == {"recall/cat": 1.0, "precision/cat": pytest.approx(2 / 3), "recall/dog": 0.0, "rare_AP50": 0.0}
+    assert scalars == {"recall/cat": 1.0, "precision/cat": pytest.approx(2 / 3), "recall/dog": 0.0,
+                       "precision/dog": 0.0, "rare_AP50": 0.0}
     assert class_scalars(matches, metrics)["rare_AP50"] == 0.7  # without train counts: fewest val boxes (cat, 2)
+    # bird is the rarest in training (1 box) but has no val boxes: the rarest with val boxes is dog (5).
+    assert class_scalars(matches, metrics, train_box_counts={1: 50, 2: 5, 3: 1})["rare_AP50"] == 0.0
+    assert "rare_AP50" not in class_scalars(matches, metrics, train_box_counts={1: 0, 2: 0, 3: 1})
 
 
 # ----------------------------------------------------------------------------- score drift

@@ -271,10 +271,13 @@ def class_scalars(
     """Per-class recall and precision at each class's max-F1 threshold, and the rarest class's AP50.
 
     matches: `CocoEvaluator.matches(iou=IOU)` after `compute()`; metrics: what that `compute()`
-    returned (its per_class AP50 and names). The rarest class has the fewest `train_box_counts`
-    (category id -> non-crowd training boxes, at least one), else the fewest val boxes. Keys are
-    "recall/<name>", "precision/<name>" and "rare_AP50"; a class without val boxes has neither, one
-    without detections has recall 0 and no precision.
+    returned (its per_class AP50 and names). Keys are "recall/<name>" and "precision/<name>" for
+    every class with val boxes, both or neither, so their TensorBoard curves have the same points: a
+    class without detections has recall 0 and precision 0 (0/0 taken as 0, as scikit-learn's
+    zero_division=0 does); a class without val boxes has neither (no threshold to find). "rare_AP50"
+    is the AP50 of the rarest class among those with val boxes (AP50 is undefined without): the fewest
+    `train_box_counts` (category id -> non-crowd training boxes, at least one), else the fewest val
+    boxes; absent only when no class has both.
     """
     out: dict[str, float] = {}
     names = {int(entry["id"]): name for name, entry in metrics["per_class"].items()}
@@ -283,10 +286,9 @@ def class_scalars(
             continue
         point = find_threshold(m.scores, m.is_tp, m.num_gt)
         out[f"recall/{names[category_id]}"] = 0.0 if point is None else point.recall
-        if point is not None:
-            out[f"precision/{names[category_id]}"] = point.precision
+        out[f"precision/{names[category_id]}"] = 0.0 if point is None else point.precision
     counts = dict(train_box_counts) if train_box_counts else {i: m.num_gt for i, m in matches.items()}
-    present = sorted((n, i) for i, n in counts.items() if n > 0 and i in names)
+    present = sorted((n, i) for i, n in counts.items() if n > 0 and i in names and i in matches and matches[i].num_gt)
     if present:
         ap50 = metrics["per_class"][names[present[0][1]]].get("AP50")
         if ap50 is not None:
