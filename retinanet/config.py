@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -235,6 +236,12 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     max_iters: int = 90000
+    # Wall-clock budget of the whole command (start-up, steps, evaluations, checkpoints, the final evaluation):
+    # "90s", "15m", "2h", "1h30m"; empty = off. The run plans its iterations from measured times, fits the
+    # schedule, warm-up aside, to the plan (cosine or multistep, EMA warm-up, evaluation and checkpoint cadence,
+    # all as fractions of max_iters) and re-plans when the speed drifts; max_iters stays an upper bound
+    # (engine.budget, docs/budget.md).
+    time_budget: str = ""
     # Global batch (detectron2's IMS_PER_BATCH): under torchrun each of the N processes takes
     # batch_size / N images, so a config trains the same at any N. Changing batch_size? Scale lr
     # linearly with it (Goyal et al. 2017: 16 -> 0.01, 8 -> 0.005) and keep the warmup.
@@ -288,6 +295,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_iters > 0, "max_iters", "must be > 0")
+        try:
+            parse_duration(self.time_budget)
+        except ValueError as exc:
+            raise _FieldError("time_budget", str(exc)) from None
         _check(self.batch_size > 0, "batch_size", "must be > 0")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -303,6 +314,30 @@ class TrainConfig:
         _check(self.ema_warmup > 0, "ema_warmup", "must be > 0 iterations")
         _check(self.patience >= 0, "patience", "must be >= 0 evaluations (0 = off)")
         _check(self.min_delta >= 0, "min_delta", "must be >= 0 (AP as a fraction, e.g. 0.001)")
+
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        """train.time_budget in seconds; None when off."""
+        return parse_duration(self.time_budget)
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([hms])")
+
+
+def parse_duration(text: str) -> float | None:
+    """"90s", "15m", "2h", "1h30m", "1.5h" -> seconds; "" -> None. A bare number is refused: its unit is a guess."""
+    text = str(text).strip().lower()
+    if not text:
+        return None
+    parts = _DURATION.findall(text)
+    if not parts or _DURATION.sub("", text).strip():
+        raise ValueError(f"'{text}' is not a duration; write it like 90s, 15m, 2h or 1h30m")
+    seconds = sum(float(value) * _DURATION_UNITS[unit] for value, unit in parts)
+    if seconds <= 0:
+        raise ValueError(f"'{text}' must be longer than 0 s (leave it empty to turn the budget off)")
+    return seconds
 
 
 @dataclass(frozen=True)

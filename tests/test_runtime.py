@@ -13,7 +13,7 @@ from retinanet.config import ConfigError, load_config
 from retinanet.data.collate import collate
 from retinanet.engine import runtime
 from retinanet.engine.runtime import (
-    COMPILE_BREAK_EVEN_ITERS,
+    COMPILE_BREAK_EVEN_ITERS, COMPILE_BREAK_EVEN_SECONDS,
     check_amp,
     compile_model,
     cpu_has_amx,
@@ -101,6 +101,11 @@ def test_auto_compile_only_where_it_repays_the_compile(amx, cuda_bf16, monkeypat
     cuda_bf16(True)
     assert resolve_compile("auto", CUDA, "bf16", long)[0] is True
     assert resolve_compile("auto", CUDA, "bf16", short)[0] is False
+    # A time budget: the same break-even in seconds, 936 steps of 1.4 - 0.141 s = 1178 s.
+    assert COMPILE_BREAK_EVEN_SECONDS == pytest.approx(936 * 1.259)
+    on, why = resolve_compile("auto", CUDA, "bf16", 10 * long, time_budget_s=15 * 60)
+    assert on is False and why == "auto: a time budget of 15 min is shorter than the about 20 min that repay the compile time; eager"
+    assert resolve_compile("auto", CUDA, "bf16", 10 * long, time_budget_s=3600)[0] is True
     assert resolve_compile("true", CPU, "none", 1) == (True, "train.compile=true as configured")
     assert resolve_compile("false", CUDA, "bf16", 10 * long) == (False, "train.compile=false as configured")
     monkeypatch.setattr(runtime.shutil, "which", lambda name: None)

@@ -27,7 +27,7 @@ class CheckpointError(RunFileError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
 
 
-SCHEMA_VERSION = 2  # 1: the same keys without "version" (read as 2)
+SCHEMA_VERSION = 3  # 1: without "version", 2: without "budget" (both read as 3)
 
 
 @dataclass
@@ -54,6 +54,9 @@ class Checkpoint:
     ema: dict[str, torch.Tensor] | None = None  # the EMA weights (train.ema_decay > 0)
     ema_updates: int = 0
     evals_without_gain: int = 0  # early stopping's count (train.patience)
+    # train.time_budget: the plan followed (engine.budget.Plan.to_dict) and Budget.state_dict (time spent,
+    # measured times); None without a budget
+    budget: dict[str, Any] | None = None
     version: int = SCHEMA_VERSION
 
     def build_config(self, source: str = "checkpoint", overrides: Sequence[str] = ()) -> Config:

@@ -144,6 +144,11 @@ class RunLogger:
         self._jsonl.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
         self._jsonl.flush()
 
+    def log_record(self, kind: str, step: int, payload: Mapping[str, Any]) -> None:
+        """One JSON line and nothing in TensorBoard (e.g. a time budget's plan: lists and nested values)."""
+        if self.enabled:
+            self._write_line(kind, step, payload)
+
     def log_scalars(
         self, step: int, values: Mapping[str, float], prefix: str | None = None, kind: str = "train"
     ) -> None:

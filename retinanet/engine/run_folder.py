@@ -55,9 +55,12 @@ def earlier_run_files(out_dir: Path) -> list[str]:
             if pattern not in START_UP_FILES and any(Path(out_dir).glob(pattern.rstrip("/")))]
 
 
-def discard_run_files(out_dir: Path) -> None:
-    """Delete an unfinished run's files (no checkpoint to resume), so a study can train that run again."""
+def discard_run_files(out_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete an unfinished run's files (no checkpoint to resume) but those in `keep`, so a study, or the
+    user with a longer train.time_budget, can train that run again in the same folder."""
     for pattern in RUN_FILES:
+        if pattern in keep:
+            continue
         for path in Path(out_dir).glob(pattern.rstrip("/")):
             if path.is_dir():
                 shutil.rmtree(path)

@@ -89,10 +89,15 @@ COMPILE_SECONDS = 44.0
 COMPILE_STEP_GAIN_SECONDS = 0.141
 COMPILES_PER_RUN = 3
 COMPILE_BREAK_EVEN_ITERS = round(COMPILES_PER_RUN * COMPILE_SECONDS / COMPILE_STEP_GAIN_SECONDS)
+# With train.time_budget the iterations are not known at start-up: the break-even in seconds is those
+# iterations at the compiled step of the same benchmark (1.4 s eager, less the gain), about 20 minutes.
+COMPILE_EAGER_STEP_SECONDS = 1.4
+COMPILE_BREAK_EVEN_SECONDS = COMPILE_BREAK_EVEN_ITERS * (COMPILE_EAGER_STEP_SECONDS - COMPILE_STEP_GAIN_SECONDS)
 
 
 def resolve_compile(
-    compile: str, device: torch.device, amp: str, max_iters: int, sync_bn: bool = False
+    compile: str, device: torch.device, amp: str, max_iters: int, sync_bn: bool = False,
+    time_budget_s: float | None = None,
 ) -> tuple[bool, str]:
     """`train.compile` -> (on, why). auto compiles where a step gains and the run is long enough to repay
     the compile (minutes on a CPU); an fp32 step on a CPU without AMX gains too little to ever repay it.
@@ -107,6 +112,9 @@ def resolve_compile(
     gains = device.type == "cuda" or (device.type == "cpu" and amp == "bf16" and cpu_has_amx())
     if not gains:
         return False, f"auto: a {amp if amp != 'none' else 'fp32'} step on {device.type} without AMX gains too little to repay the compile time; eager"
+    if time_budget_s is not None and time_budget_s < COMPILE_BREAK_EVEN_SECONDS:
+        return False, (f"auto: a time budget of {time_budget_s / 60:.0f} min is shorter than the about "
+                       f"{COMPILE_BREAK_EVEN_SECONDS / 60:.0f} min that repay the compile time; eager")
     if max_iters < COMPILE_BREAK_EVEN_ITERS:
         return False, (f"auto: {max_iters} iterations are fewer than the {COMPILE_BREAK_EVEN_ITERS} that repay "
                        "the compile time; eager")
@@ -135,11 +143,11 @@ class Runtime:
 
 def resolve_runtime(
     amp: str, compile: str, device: torch.device, max_iters: int, eval_amp: str = "none", source: str = "<config>",
-    sync_bn: bool = False,
+    sync_bn: bool = False, time_budget_s: float | None = None,
 ) -> Runtime:
     """`train.amp`, `train.compile` and `eval.amp` resolved once for a run."""
     amp_choice, amp_reason = resolve_amp(amp, device)
-    on, compile_reason = resolve_compile(compile, device, amp_choice, max_iters, sync_bn)
+    on, compile_reason = resolve_compile(compile, device, amp_choice, max_iters, sync_bn, time_budget_s)
     eval_choice, eval_reason = resolve_eval_amp(eval_amp, device, source)
     requested = {"train.amp": amp, "train.compile": compile, "eval.amp": eval_amp}
     return Runtime(amp_choice, amp_reason, on, compile_reason, eval_choice, eval_reason, requested)

@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from retinanet.data.coco import CocoDetection
 from retinanet.structures import Batch
 from retinanet.data.loaders import DatasetError, build_dataset, build_train_loader, build_val_loader
 from retinanet.engine import distributed
+from retinanet.engine.budget import Budget, BudgetError, Plan, format_duration
 from retinanet.engine.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -36,11 +37,13 @@ from retinanet.engine.checkpoint import (
     set_rng_state,
 )
 from retinanet.engine.ema import ModelEMA
-from retinanet.engine.inference import evaluate
+from retinanet.engine.inference import evaluate, predict
 from retinanet.engine.logger import LOG_FILE, METRICS_FILE, RunLogger, read_metrics, setup_file_logging
 from retinanet.engine.optim import build_optimizer, build_scheduler
 from retinanet.engine.profiling import phase
-from retinanet.engine.run_folder import BEST, CONFIG_FILE, LAST, checkpoint_path, default_output_dir, prepare_run_folder
+from retinanet.engine.run_folder import (
+    BEST, CONFIG_FILE, LAST, START_UP_FILES, checkpoint_path, default_output_dir, discard_run_files, prepare_run_folder,
+)
 from retinanet.engine.runtime import (
     Runtime, autocast, check_amp, compile_model, deterministic_algorithms, place_model, read_runtime_record,
     resolve_device, resolve_runtime, write_runtime_record,
@@ -59,6 +62,14 @@ from retinanet.modeling.preprocess import denormalize
 log = logging.getLogger("retinanet")
 
 LOSS_KEYS = ("loss", "loss_cls", "loss_box", "num_pos")
+# The progress bar without tqdm's own remaining time, which counts steps only: the postfix's eta adds the
+# evaluations, checkpoints and the finish still to come (Budget.remaining_seconds).
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+# An evaluation's forward and postprocess per val image, against a training step's time per train image:
+# the ETA's guess of an evaluation before one is measured (without a budget; a budget times a val batch).
+EVAL_STEP_RATIO = 0.5
+# Per val image: pycocotools, the TensorBoard figures and drawings of an evaluation (measured on the demo).
+EVAL_SECONDS_PER_IMAGE = 0.01
 
 
 # ----------------------------------------------------------------------------- the step
@@ -204,6 +215,9 @@ class Trainer:
     stop: StopRequest
     progress: Progress
     metrics: dict[str, Any]
+    plan: Plan  # what fit follows: the config's schedule, or train.time_budget's plan
+    budget: Budget  # measures the run's times (the ETA) and, with train.time_budget, plans it
+    bar_values: dict[str, str] = field(default_factory=dict)  # the progress bar's postfix: eta, loss, lr, img/s
 
     @property
     def main_process(self) -> bool:
@@ -249,7 +263,7 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = place_model(model, device, cfg.train.channels_last)
         runtime = resolve_runtime(cfg.train.amp, cfg.train.compile, device, cfg.train.max_iters, cfg.eval.amp, config,
-                                  sync_bn=cfg.train.sync_bn and world > 1)
+                                  sync_bn=cfg.train.sync_bn and world > 1, time_budget_s=cfg.train.time_budget_seconds)
         log.info("runtime: %s", runtime.describe())
         if distributed.is_main_process():
             write_runtime_record(out_dir, runtime, device)
@@ -277,7 +291,8 @@ class Trainer:
             evaluator=(CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)  # per-class recall
                        if val_set is not None else None),
             logger=RunLogger(out_dir, enabled=distributed.is_main_process()), stop=StopRequest(), progress=Progress(),
-            metrics={},
+            metrics={}, plan=Plan.from_config(cfg.train),
+            budget=Budget.for_command(cfg.train, has_val=val_set is not None, source=config),
         )
         if resume:
             trainer.restore(read_on_main(checkpoint_path(out_dir, LAST)))
@@ -298,6 +313,7 @@ class Trainer:
             scaler=self.scaler.state_dict(), criterion=self.criterion.state_dict(), rng=rng_state(),
             ema=self.ema.state_dict() if self.ema is not None else None,
             ema_updates=self.ema.updates if self.ema is not None else 0, evals_without_gain=p.evals_without_gain,
+            budget={"plan": self.plan.to_dict(), **self.budget.state_dict()} if self.budget.active else None,
         )
 
     def restore(self, ckpt: Checkpoint) -> None:
@@ -317,11 +333,89 @@ class Trainer:
             self.ema.load_state_dict(ckpt.ema, ckpt.ema_updates)
         self.progress = Progress(ckpt.iteration, ckpt.best_ap, ckpt.train_seconds, ckpt.skipped_steps,
                                  ckpt.evals_without_gain)
+        if self.budget.active and ckpt.budget is not None:
+            saved = Plan(**ckpt.budget["plan"])
+            self.budget.load_state_dict(ckpt.budget)
+            if saved.max_iters == self.cfg.train.max_iters:  # else the schedule changed: plan again from here
+                self.follow(saved)
+            else:
+                self.budget.planned = False
+            log.info("resumed from %s at iteration %d of %d planned; %s of the %s budget spent", path, ckpt.iteration,
+                     self.plan.end_iter, format_duration(self.budget.used), format_duration(self.budget.seconds))
+            return
         log.info("resumed from %s at iteration %d", path, ckpt.iteration)
 
     def save(self, name: str) -> None:
         if self.main_process:
             self.checkpoint().save(checkpoint_path(self.out_dir, name))
+
+    def follow(self, plan: Plan) -> None:
+        """From now on: the plan's last iteration, its schedule positions (the lr) and its EMA warm-up."""
+        self.plan = plan
+        self.scheduler.lr_lambdas[0].set_plan(plan.start_iter, plan.start_pos, plan.end_iter)
+        if self.ema is not None:
+            self.ema.warmup = plan.ema_warmup
+
+    def update_plan(self, bar: tqdm) -> None:
+        """train.time_budget: plan or re-plan after this step when the measured times ask for it (rank 0
+        decides; under torchrun the ranks check at the same iterations and receive its plan)."""
+        if not self.budget.active:
+            return
+        it, world = self.progress.iteration, distributed.get_world_size()
+        if world > 1 and it % self.cfg.train.log_every:
+            return
+        change, error = None, None
+        if self.main_process:
+            if not self.budget.estimates.eval and self.val_set is not None:
+                self.budget.guess_eval(self.probe_eval_seconds())
+            try:
+                change = self.budget.update(self.plan, it)
+            except BudgetError as exc:
+                error = exc
+        distributed.raise_from_main(error)
+        if world > 1:
+            change = distributed.broadcast_object(change)
+        if change is None:
+            return
+        plan, reason = change
+        self.follow(plan)
+        entry = self.budget.record(plan, it, reason)
+        self.logger.log_record("plan", it, entry)
+        log.info(self.budget.describe(entry))
+        bar.total = plan.end_iter
+        bar.refresh()
+
+    def probe_eval_seconds(self) -> float:
+        """One val batch through the evaluation's forward and postprocess, scaled to the val set: the
+        budget's guess of an evaluation until one is measured. The RNG is left as it was (exact --resume)."""
+        assert self.val_loader is not None and self.val_set is not None
+        with torch.random.fork_rng(devices=[]):
+            start = time.perf_counter()
+            batches = predict(self.eval_model, self.postprocess, self.val_loader, self.device, self.runtime.eval_amp)
+            next(batches, None)
+            batches.close()
+            seconds = time.perf_counter() - start
+        return seconds * len(self.val_loader) + EVAL_SECONDS_PER_IMAGE * len(self.val_set)
+
+    def eta(self) -> str:
+        """The progress bar's time left: steps, evaluations, checkpoints and the finish still to come."""
+        budget, it = self.budget, self.progress.iteration
+        step = budget.step_seconds()
+        if step is None:
+            return "?"
+        if not budget.estimates.eval_measured and self.val_set is not None and not budget.active:
+            budget.guess_eval(EVAL_STEP_RATIO * step / self.cfg.train.batch_size * len(self.val_set)
+                              + EVAL_SECONDS_PER_IMAGE * len(self.val_set))
+        evals = self.plan.evals_left(it) if self.val_set is not None else 0
+        left = format_duration(budget.remaining_seconds(self.plan, it, step))
+        return f"{left} with {evals} eval{'s' if evals != 1 else ''}" if evals else left
+
+    def discard_unsaved(self) -> None:
+        """A run stopped before its first checkpoint (a budget too short): remove what it wrote but the
+        start-up files, so the same command with a longer budget starts in the same folder."""
+        self.logger.close()
+        if self.main_process and not checkpoint_path(self.out_dir, LAST).exists():
+            discard_run_files(self.out_dir, keep=START_UP_FILES)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -363,8 +457,10 @@ class Trainer:
         }
         step = self.progress.iteration
         self.logger.log_scalars(step, values, kind="train")
-        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.1f}")
-        log.info("iter %d/%d loss %.4f cls %.4f box %.4f lr %.2e %.1f img/s", step, self.cfg.train.max_iters,
+        self.bar_values.update(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}",
+                               img_s=f"{values['images_per_s']:.1f}")
+        bar.set_postfix(self.bar_values)
+        log.info("iter %d/%d loss %.4f cls %.4f box %.4f lr %.2e %.1f img/s", step, self.plan.end_iter,
                  values["loss"], values["loss_cls"], values["loss_box"], values["lr"], values["images_per_s"])
 
     def evaluate(self) -> None:
@@ -431,10 +527,14 @@ class Trainer:
             self.out_dir, cfg, data, self.evaluator if self.metrics else None, self.metrics, self.progress.iteration,
             self.progress.train_seconds, self.device, world_size=distributed.get_world_size(),
             runtime=read_runtime_record(self.out_dir),  # what runtime.json says, as written at start-up
+            budget=self.budget.summary() if self.budget.active else None,
         )
         log.info("model card: %s", card)
         log.info("done: %d iterations in %.0fs of training; run folder %s", self.progress.iteration,
                  self.progress.train_seconds, self.out_dir)
+        if self.budget.active:
+            log.info("time budget: %s of %s used", format_duration(self.budget.elapsed()),
+                     format_duration(self.budget.seconds))
         print(f"run folder: {self.out_dir}  (tensorboard --logdir {self.out_dir})")
         return 0
 
@@ -480,41 +580,53 @@ def every(step: int, period: int) -> bool:
 
 
 def fit(t: Trainer) -> int:
-    """Train from t.progress.iteration to train.max_iters; returns the exit code (130/143 when stopped)."""
+    """Train from t.progress.iteration to the plan's last iteration (train.max_iters, or what fits
+    train.time_budget); returns the exit code (130/143 when stopped)."""
     cfg = t.cfg.train
     t.stop.install()
     # This rank's slice of every global batch; the sequence depends only on train.seed (exact --resume).
     batches = iter(build_train_loader(t.cfg, t.train_set, start_batch=t.progress.iteration * cfg.accumulate_steps,
                                       rank=distributed.get_rank(), world_size=distributed.get_world_size(),
                                       pin_memory=t.device.type == "cuda"))
-    bar = tqdm(range(t.progress.iteration, cfg.max_iters), initial=t.progress.iteration, total=cfg.max_iters,
-               dynamic_ncols=True, **({} if t.main_process else {"disable": True}))  # rank 0 keeps TQDM_DISABLE
+    bar = tqdm(total=t.plan.end_iter, initial=t.progress.iteration, dynamic_ncols=True, bar_format=BAR_FORMAT,
+               **({} if t.main_process else {"disable": True}))  # rank 0 keeps TQDM_DISABLE
+    clock = t.budget.clock  # step, evaluation and checkpoint times, which the budget plans with
     window, window_start = [], time.perf_counter()
     t.model.train()
-    for _ in bar:
-        start = time.perf_counter()
-        micro = [next(batches) for _ in range(cfg.accumulate_steps)]  # drawn even for a skipped step
-        stats = train_step(t.ddp_model, t.criterion, t.optimizer, t.scaler, micro, t.step_options)
-        if stats.finite:  # a skipped step changed no parameter: the schedule waits with it
-            t.scheduler.step()
-        t.record(stats, time.perf_counter() - start)
-        window.append(stats)
-        done = t.progress.iteration
-        final = done == cfg.max_iters
-        if (every(done, cfg.log_every) or final) and stats.finite:  # a skipped step writes no train line
-            t.log_train(window, time.perf_counter() - window_start, bar)
-            window, window_start = [], time.perf_counter()
-        if t.val_set is not None and (final or every(done, cfg.eval_every)):
-            t.evaluate()
-        early = t.patience_exhausted()  # the same on every rank: the metrics are broadcast
-        stop_signal = distributed.all_reduce_max(t.stop.signal or 0, t.device)  # a signal to any rank stops all
-        if final or early or stop_signal or (every(done, cfg.checkpoint_every) and stats.finite):
-            t.save(LAST)  # after a skipped step, last.pt stays the last good one
-        if stop_signal:
-            return t.stopped(stop_signal)
-        if early:
-            break
-    bar.close()
+    with contextlib.closing(bar):  # also when an error (a budget too short) ends the run
+        while t.progress.iteration < t.plan.end_iter:
+            start = clock()
+            micro = [next(batches) for _ in range(cfg.accumulate_steps)]  # drawn even for a skipped step
+            stats = train_step(t.ddp_model, t.criterion, t.optimizer, t.scaler, micro, t.step_options)
+            if stats.finite:  # a skipped step changed no parameter: the schedule waits with it
+                t.scheduler.step()
+            seconds = clock() - start
+            t.record(stats, seconds)
+            t.budget.step_done(seconds)
+            window.append(stats)
+            done = t.progress.iteration
+            final = done == t.plan.end_iter
+            t.bar_values["eta"] = t.eta()
+            bar.set_postfix(t.bar_values, refresh=False)
+            bar.update(1)
+            if (every(done, cfg.log_every) or final) and stats.finite:  # a skipped step writes no train line
+                t.log_train(window, time.perf_counter() - window_start, bar)
+                window, window_start = [], time.perf_counter()
+            if t.val_set is not None and (final or t.plan.eval_due(done)):
+                start = clock()
+                t.evaluate()
+                t.budget.eval_done(clock() - start)
+            early = t.patience_exhausted()  # the same on every rank: the metrics are broadcast
+            stop_signal = distributed.all_reduce_max(t.stop.signal or 0, t.device)  # a signal to one rank stops all
+            if final or early or stop_signal or (t.plan.checkpoint_due(done) and stats.finite):
+                start = clock()
+                t.save(LAST)  # after a skipped step, last.pt stays the last good one
+                t.budget.checkpoint_done(clock() - start)
+            if stop_signal:
+                return t.stopped(stop_signal)
+            if early:
+                break
+            t.update_plan(bar)  # train.time_budget: the plan for the next steps, from the times measured so far
     return t.finish()
 
 
@@ -523,6 +635,10 @@ def train(config: str, overrides: Sequence[str] = (), output_dir: str | None = N
     try:
         trainer = Trainer.build(config, overrides, output_dir, resume)
         with deterministic_algorithms(trainer.cfg.train.deterministic):
-            return fit(trainer)
+            try:
+                return fit(trainer)
+            except BudgetError:
+                trainer.discard_unsaved()
+                raise
     finally:
         distributed.cleanup()

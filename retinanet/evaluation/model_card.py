@@ -121,13 +121,15 @@ def finish_training_run(
     device: torch.device,
     world_size: int = 1,
     runtime: dict[str, Any] | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> Path:
     """End of train.py: the max-F1 operating point on val (operating_point.json) and MODEL_CARD.md.
 
     `data` holds the splits' `CocoDetection.summary()` ("train", and "val" or None); `evaluator` is the
     one of the final evaluation (of checkpoints/last.pt), None without a val set. `runtime` is
     the run's runtime.json (`engine.runtime.write_runtime_record`): the precision and compile choices
-    and why, and the environment.
+    and why, and the environment. `budget` is train.time_budget's `engine.budget.Budget.summary()`: the
+    budget, every plan and the time used (None without a budget).
     """
     report = None
     if evaluator is not None and data.get("val") is not None:
@@ -140,7 +142,8 @@ def finish_training_run(
         run=Path(run_dir).name,
         config=to_dict(cfg),
         data=dict(data),
-        training={"seconds": train_seconds, "iterations": iterations, "hardware": hardware(device, world_size)},
+        training={"seconds": train_seconds, "iterations": iterations, "hardware": hardware(device, world_size),
+                  **({"budget": budget} if budget is not None else {})},
         evaluation=(
             {"checkpoint": "checkpoints/last.pt", "iteration": iterations, "metrics": _json_metrics(metrics)}
             if metrics else None
@@ -360,10 +363,29 @@ def _metrics_section(evaluation: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _budget_lines(budget: dict[str, Any] | None) -> list[str]:
+    """train.time_budget: the budget, the time the command(s) used, and each plan (engine.budget)."""
+    if not budget:
+        return []
+    plans = budget.get("plans") or []
+    lines = [f"- time budget: {budget['budget']} ({_duration(budget['budget_s'])}); used {_duration(budget['used_s'])} "
+             f"by the end of training, {len(plans)} plan(s)"]
+    for plan in plans:
+        evals = plan.get("eval_at") or []
+        lines.append(
+            f"  - {plan['reason']} at iteration {plan['iteration']} ({_duration(plan['elapsed_s'])} spent): "
+            f"{plan['iterations']} iterations at {plan['step_s']:.3f} s a step"
+            + (f", evaluations ({plan['eval_s']:.1f} s each) at {', '.join(map(str, evals))}" if evals else "")
+            + (f", lr steps at {', '.join(map(str, plan['milestones']))}" if plan.get("milestones") else "")
+        )
+    return lines
+
+
 def _training_section(training: dict[str, Any], runtime: dict[str, Any] | None) -> list[str]:
     hw = training.get("hardware")
     lines = ["## Training", "", f"- iterations: {training.get('iterations')}",
              f"- training time: {_duration(training.get('seconds'))} (optimizer steps only, without evaluation)"]
+    lines += _budget_lines(training.get("budget"))
     if runtime is not None:
         lines += [f"- mixed precision: {runtime['amp']} ({runtime['amp_reason']})",
                   f"- torch.compile: {'on' if runtime['compile'] else 'off'} ({runtime['compile_reason']})"]

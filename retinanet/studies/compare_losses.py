@@ -244,14 +244,17 @@ def _read_json(path: Path) -> Any:
 
 
 def checkpoint_info(path: Path) -> dict[str, float] | None:
-    """iteration and train_seconds of a checkpoint, memory-mapped so its tensors are not read."""
+    """iteration, train_seconds and the last iteration train.time_budget planned (0 without a budget) of a
+    checkpoint, memory-mapped so its tensors are not read."""
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - unreadable: train.py --resume will name the problem
         return None
-    return {"iteration": int(state.get("iteration", 0)), "train_seconds": float(state.get("train_seconds", 0.0))}
+    plan = (state.get("budget") or {}).get("plan") or {}
+    return {"iteration": int(state.get("iteration", 0)), "train_seconds": float(state.get("train_seconds", 0.0)),
+            "end_iter": int(plan.get("end_iter", 0))}  # 0: no budget, the run's max_iters
 
 
 def read_history(path: Path) -> tuple[dict[int, dict[str, Any]], int | None]:
@@ -405,7 +408,7 @@ def execute(run: Run, config: str, base_sets: Sequence[str], env: dict[str, str]
     metrics = _read_json(metrics_path)
     if metrics is None:
         info = checkpoint_info(last) if last.is_file() else None
-        if info is not None and info["iteration"] >= run.cfg.train.max_iters:
+        if info is not None and info["iteration"] >= (info["end_iter"] or run.cfg.train.max_iters):
             status = "evaluated"
             log.info("%s: trained (%d iterations); evaluating", tag, info["iteration"])
         else:
