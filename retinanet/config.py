@@ -281,7 +281,7 @@ class TrainConfig:
     # Checkpoint (or torchvision-style state dict) to start from; weights whose shape differs
     # (a new number of classes) keep their fresh init.
     init_from: str = ""
-    # Non-finite losses are skipped; this many in a row stop the run.
+    # Steps with a non-finite loss or gradients are skipped; this many in a row stop the run.
     max_nonfinite_steps: int = 10
     # Under torchrun: BatchNorm -> SyncBatchNorm (statistics over the global batch); CUDA only.
     sync_bn: bool = False

@@ -91,10 +91,12 @@ class StepStats:
     loss_cls: float
     loss_box: float
     num_pos: float
-    grad_norm: float  # before clipping; nan when the step was skipped
-    finite: bool  # False: no parameter changed (a non-finite loss, or the fp16 GradScaler skipped the step)
+    grad_norm: float  # before clipping; nan after a non-finite loss, inf or nan after non-finite gradients
+    finite: bool  # False: no parameter changed (a non-finite loss or gradients, or the fp16 GradScaler's skip)
     images: int  # images in the step over all ranks
     scaler_skipped: bool = False  # fp16: inf/nan gradients, the GradScaler skipped the update and lowered its scale
+    nonfinite_grads: bool = False  # a finite loss whose gradients (or their norm) were not finite: skipped
+    nonfinite_params: tuple[str, ...] = ()  # then, the parameters whose gradient holds inf or nan on this rank
 
 
 def train_step(
@@ -105,21 +107,25 @@ def train_step(
     batches: Sequence[Batch],
     opts: StepOptions,
 ) -> StepStats:
-    """Forward, loss, non-finite check, backward, clipping and the optimizer and scaler steps.
+    """Forward, loss, backward, the non-finite checks, clipping and the optimizer and scaler steps.
 
     Each is a `phase` scope (engine.profiling), so torch.profiler shows where the step's time goes.
 
     `batches` are the micro-batches of one step (train.accumulate_steps of them); their gradients
-    add up to that of one batch of their total size. A non-finite loss on any rank skips the whole
-    step on every rank and leaves the parameters as they were. Under DDP (`model` wrapped), the
-    loss of each rank's share is scaled by the world size, so DDP's gradient average is the sum.
-    Under fp16 a step whose gradients overflow is skipped by the GradScaler: its stats say so
-    (`finite` False, `scaler_skipped` True), so the caller advances neither the schedule nor the EMA.
+    add up to that of one batch of their total size. Under DDP (`model` wrapped), the loss of each
+    rank's share is scaled by the world size, so DDP's gradient average is the sum.
+
+    A non-finite loss, or a finite loss with an inf or nan gradient (or a gradient norm that overflows),
+    on any rank skips the whole step on every rank: no parameter or optimizer state changes, and the
+    stats say so (`finite` False) so that the caller advances neither the schedule nor the EMA. Such a
+    gradient would otherwise be applied (AdamW, SGD), zeroed by clipping (an inf norm) or spread to
+    every weight by it (a nan norm). Under fp16 the GradScaler finds such gradients itself, skips the
+    update and lowers its scale (`scaler_skipped` True): its search for a scale, not a diverging run.
     """
     world, accum = opts.world_size, len(batches)
     optimizer.zero_grad(set_to_none=True)
-    # Summed on the device and read back once, with the finite flag: the step waits for the GPU only
-    # there, at the grad norm, and (fp16) in the GradScaler (engine.host_sync counts these waits).
+    # Summed on the device and read back once, with the grad norm and the finite flags: the step waits for
+    # the device only there and (fp16) in the GradScaler (engine.host_sync counts these waits).
     totals = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=opts.device)
     finite = torch.ones((), dtype=torch.bool, device=opts.device)
     images = 0
@@ -136,24 +142,45 @@ def train_step(
             scaler.scale(losses["loss"] * world / accum).backward()
         totals += stats.double() / accum
         images += len(batch) * world
-    *values, all_finite = torch.cat([totals, finite[None].double()]).tolist()
-    if not all_finite:  # the same on every rank: the flag is of the summed stats
+    with phase("optimizer"):
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if scaler.is_enabled():  # the unscaled norm, before unscale_: a skipped step leaves the scaler as it was
+            grad_norm = grad_norm / scaler.scale(torch.ones((), device=opts.device))
+        grads_finite = torch.isfinite(grad_norm)
+        if world > 1:  # every rank decides alike, whatever its own reduction of the norm gave
+            grads_finite = distributed.all_reduce_sum((~grads_finite).float()) == 0
+    *values, loss_finite, norm, all_grads_finite = torch.cat(
+        [totals, finite[None].double(), grad_norm[None].double(), grads_finite[None].double()]).tolist()
+    if not loss_finite:  # the same on every rank: the flag is of the summed stats
         optimizer.zero_grad(set_to_none=True)
         return StepStats(*[float("nan")] * 3, 0.0, float("nan"), finite=False, images=0)
+    if not all_grads_finite and not scaler.is_enabled():  # fp16: the GradScaler skips it below, and counts it
+        names = nonfinite_gradients(model, params)
+        optimizer.zero_grad(set_to_none=True)
+        return StepStats(*values, grad_norm=norm, finite=False, images=images, nonfinite_grads=True,
+                         nonfinite_params=names)
     with phase("optimizer"):
         scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if opts.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        if opts.grad_clip > 0 and all_grads_finite:  # the norm is known: clipping needs no second pass
+            torch.nn.utils.clip_grads_with_norm_(params, opts.grad_clip, grad_norm)
         scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         scaler.step(optimizer)
         scaler.update()
     # The GradScaler lowers its scale exactly when it found inf/nan gradients and skipped optimizer.step.
     skipped = scaler.is_enabled() and scaler.get_scale() < scale
-    return StepStats(*values, grad_norm=float(grad_norm), finite=not skipped, images=images,
-                     scaler_skipped=skipped)
+    return StepStats(*values, grad_norm=norm, finite=not skipped, images=images, scaler_skipped=skipped)
+
+
+def nonfinite_gradients(model: nn.Module, params: Sequence[torch.Tensor]) -> tuple[str, ...]:
+    """The names of the parameters whose gradient holds an inf or nan, in the model's order.
+
+    One more read-back, on a step that is skipped for its gradients only.
+    """
+    bad = torch.stack([~torch.isfinite(p.grad).all() for p in params]).tolist()
+    bad_ids = {id(p) for p, b in zip(params, bad) if b}
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    return tuple(name for name, p in module.named_parameters() if id(p) in bad_ids)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -422,7 +449,7 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def record(self, stats: StepStats, seconds: float) -> None:
-        """Count the step and move the EMA (applied steps only); too many non-finite losses in a row end the run."""
+        """Count the step and move the EMA (applied steps only); too many non-finite steps in a row end the run."""
         p = self.progress
         p.iteration += 1
         p.train_seconds += seconds
@@ -436,12 +463,18 @@ class Trainer:
             log.info("iteration %d: fp16 gradients overflowed, the GradScaler skipped the step", p.iteration - 1)
             return
         p.nonfinite_in_a_row += 1
-        log.warning("iteration %d: non-finite loss, step skipped (%d in a row)", p.iteration - 1, p.nonfinite_in_a_row)
+        what = "loss"
+        if stats.nonfinite_grads:
+            names = stats.nonfinite_params
+            what = (f"gradients in {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                    if names else "gradient norm (its float32 sum overflowed, or another rank's gradients)")
+        log.warning("iteration %d: non-finite %s, step skipped (%d in a row)", p.iteration - 1, what,
+                    p.nonfinite_in_a_row)
         if p.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_steps:
             raise FloatingPointError(
-                f"{p.nonfinite_in_a_row} non-finite losses in a row at iteration {p.iteration - 1}; the last good "
-                f"checkpoint is {checkpoint_path(self.out_dir, LAST)}. Lower train.lr, raise train.warmup_iters or "
-                "set train.grad_clip"
+                f"{p.nonfinite_in_a_row} steps in a row with a non-finite loss or gradients at iteration "
+                f"{p.iteration - 1} (the last: non-finite {what}); the last good checkpoint is "
+                f"{checkpoint_path(self.out_dir, LAST)}. Lower train.lr, raise train.warmup_iters or set train.grad_clip"
             )
 
     def log_train(self, window: list[StepStats], seconds: float, bar: tqdm) -> None:
