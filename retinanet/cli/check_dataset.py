@@ -83,10 +83,10 @@ class Split:
     placeholder: str | None  # the name of Roboflow's placeholder category 0, when the file has one
 
 
-def check_split(name: str, images_dir: Path, annotations: Path) -> Split:
-    """Validate one split as training start-up does; a DatasetError when its files are unusable."""
+def check_split(name: str, images_dir: Path, annotations: Path, flag: str) -> Split:
+    """Validate one split as training start-up does; a DatasetError (naming `flag`) when its files are unusable."""
     if not images_dir.is_dir():
-        raise DatasetError(f"--images {images_dir}: not a folder; check the path")
+        raise DatasetError(f"{flag} {images_dir}: not a folder; check the path")
     dataset = load_coco_json(annotations)
     report = validate_coco(dataset, images_dir, check_images=True)
     placeholder = next((str(c.get("name")) for c in dataset["categories"]
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     folder, overrides = with_data(args.data, args.set)
     cfg = load_config(args.config, overrides) if args.config or folder else None
     try:
-        splits = [check_split(name, images, annotations) for name, (images, annotations) in split_files(args, cfg).items()]
+        splits = [check_split(name, images, annotations, "--images" if args.images else f"data.{name}.images")
+                  for name, (images, annotations) in split_files(args, cfg).items()]
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE

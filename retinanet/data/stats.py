@@ -109,8 +109,8 @@ class RareClass:
 
 
 def rare_classes(counts: Mapping[str, list[ClassCount]]) -> list[RareClass]:
-    """The classes of the first (training) split with fewer than RARE_BOXES boxes there or none in another split,
-    the fewest training boxes first."""
+    """The classes of the first (training) split with fewer than RARE_BOXES boxes there or none in another split;
+    the fewest training boxes first, then the fewest boxes in all."""
     splits = list(counts)
     by_split = {split: {c.id: c.boxes for c in counts[split]} for split in splits}
     rare = []
@@ -118,7 +118,7 @@ def rare_classes(counts: Mapping[str, list[ClassCount]]) -> list[RareClass]:
         boxes = {split: by_split[split].get(c.id, 0) for split in splits}
         if c.boxes < RARE_BOXES or any(boxes[split] == 0 for split in splits[1:]):
             rare.append(RareClass(c.id, c.name, boxes))
-    return sorted(rare, key=lambda c: (c.boxes[splits[0]], c.name))  # the fewest training boxes first
+    return sorted(rare, key=lambda c: (c.boxes[splits[0]], sum(c.boxes.values()), c.name))
 
 
 def format_rare_classes(rare: list[RareClass], total: int) -> list[str]:
