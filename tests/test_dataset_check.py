@@ -149,8 +149,12 @@ def test_rare_classes_by_hand() -> None:
     assert lines[2].split() == ["b", "1", "in", "train,", "1", "in", "val,", "1", "in", "test"]
     assert any('"-" in the per-class table, an empty row in report.html' in line for line in lines)
     assert [c.name for c in rare_classes({"train": train})] == ["unused", "b"]
-    assert format_rare_classes(rare_classes({"train": train}), 3)[1].split() == ["unused", "0", "boxes"]
+    assert format_rare_classes(rare_classes({"train": train}), 3)[1].split() == ["b", "1", "boxes"]
     assert format_rare_classes([], 3) == []
+    # A class without any box (a subset of a larger label set) goes on one line with the others like it.
+    two = format_rare_classes(rare_classes({"train": train, "val": val}), 3)
+    assert "  no box at all (1, never learned nor evaluated): unused" in two
+    assert not any(line.split()[0] == "unused" for line in two)
 
 
 def test_empty_size_note_names_the_metrics_that_show_a_dash() -> None:

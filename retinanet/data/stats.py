@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -132,9 +133,15 @@ def format_rare_classes(rare: list[RareClass], total: int) -> list[str]:
     else:
         head = f"fewer than {RARE_BOXES} boxes"
     lines = [f"warning: {len(rare)} of {total} classes have {head}:"]
+    unused = [c.name for c in rare if not any(c.boxes.values())]
     for c in rare:
+        if c.name in unused:
+            continue
         counts = ", ".join(f"{c.boxes[split]} in {split}" for split in splits) if others else f"{c.boxes[train]} boxes"
         lines.append(f"  {c.name:<24} {counts}")
+    if unused:  # declared but never annotated (a subset of a larger label set): one line, not one row each
+        lines += textwrap.wrap(f"no box at all ({len(unused)}, never learned nor evaluated): {', '.join(unused)}",
+                               width=110, initial_indent="  ", subsequent_indent="    ")
     lines.append(f"  for AP: a class learned from fewer than {RARE_BOXES} boxes is found poorly, and its per-class AP "
                  "is noisy (a few boxes decide it)")
     if others:
