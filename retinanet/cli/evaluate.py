@@ -207,9 +207,9 @@ def output_dir(args: argparse.Namespace) -> Path:
 def split_paths(cfg: Config, args: argparse.Namespace, folder: DataFolder | None) -> Config:
     """The config whose data.val is the --split to evaluate (build_dataset augments only "train"), its paths checked."""
     split = args.split
-    if folder is not None and not folder.has(split):
-        raise ConfigError(f"--split {split}: --data {folder.root} has no {split} split ({folder.looked_for(split)})")
     paths = getattr(cfg.data, split)
+    if folder is not None and not folder.has(split) and not paths.annotations:  # an explicit --set data.* wins
+        raise ConfigError(f"--split {split}: --data {folder.root} has no {split} split ({folder.looked_for(split)})")
     if not paths.annotations or not paths.images:
         raise ConfigError(f"--split {split}: data.{split}.images/annotations are not set in {args.config}; pass --data "
                           f"DIR or --set data.{split}.images=DIR data.{split}.annotations=FILE")
