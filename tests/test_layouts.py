@@ -72,6 +72,12 @@ def test_nothing_matches_one_line_naming_what_was_looked_for(tmp_path: Path) -> 
         f"{tmp_path / 'annotations/instances_train.json'} (this repository's layout); see docs/own_data.md")
 
 
+def test_one_split_of_an_export_points_to_its_parent(tmp_path: Path) -> None:
+    make(tmp_path, "train/_annotations.coco.json")
+    with pytest.raises(ConfigError, match=f"one split of a Roboflow export; pass the export's folder, {tmp_path}$"):
+        find_layout(tmp_path / "train")
+
+
 def test_missing_folder_and_missing_images(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"--data {tmp_path / 'none'}: not a folder; check the path"):
         find_layout(tmp_path / "none")

@@ -88,5 +88,7 @@ def find_layout(root: str | Path) -> DataFolder:
         splits = {split: SplitConfig(images=str(found[split][1]), annotations=str(found[split][0]))
                   if split in found else SplitConfig() for split in SPLITS}
         return DataFolder(root, layout, splits)
+    if (root / "_annotations.coco.json").is_file():
+        raise ConfigError(f"--data {root}: one split of a Roboflow export; pass the export's folder, {root.parent}")
     looked = "; ".join(f"{root / layout.files['train'][0]} ({layout.name})" for layout in LAYOUTS)
     raise ConfigError(f"--data {root}: no known dataset layout; looked for {looked}; see docs/own_data.md")
