@@ -207,6 +207,8 @@ class SplitConfig:
 class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
+    # Held out from training and model selection: evaluate.py --split test (docs/own_data.md).
+    test: SplitConfig = field(default_factory=SplitConfig)
     num_workers: int = 2
     # Images without annotations stay in training as negatives.
     keep_empty: bool = True

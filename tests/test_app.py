@@ -72,7 +72,7 @@ def test_evaluate_ground_truth_as_predictions_gives_ap_one(synthetic: Path, tmp_
          "--set", *synthetic_overrides(synthetic)]
     )
     assert code == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "results_eval_val" / "metrics.json").read_text())  # named after the file and split
     assert metrics["AP"] == pytest.approx(1.0, abs=1e-9)
     assert metrics["AP50"] == pytest.approx(1.0, abs=1e-9)
 

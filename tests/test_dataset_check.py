@@ -1,4 +1,5 @@
-"""The dataset check: class counts, anchor coverage (best IoUs worked out by hand), training previews, --json."""
+"""The dataset check: class counts, anchor coverage (best IoUs worked out by hand), training previews, --json,
+rare classes across splits, the pixel basis of the size tables and the input-size suggestion."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,15 @@ from torchvision.ops import box_iou
 
 from retinanet.cli import check_dataset
 from retinanet.config import load_config
-from retinanet.data.anchor_coverage import anchor_coverage, best_anchor_iou, resized_boxes
+from retinanet.data.anchor_coverage import (
+    INPUT_SIZES, InputSuggestion, anchor_coverage, best_anchor_iou, format_input_size, resized_boxes,
+)
 from retinanet.data.loaders import build_dataset, build_train_loader
 from retinanet.data.previews import training_previews
-from retinanet.data.stats import class_counts
+from retinanet.data.stats import class_counts, empty_size_note, format_rare_classes, rare_classes
 from retinanet.modeling.anchors import AnchorGenerator, sizes_per_level
 from retinanet.modeling.preprocess import prepare_batch, to_float_chw
-from tests.helpers import synthetic_overrides
+from tests.helpers import REPO, synthetic_overrides
 
 # One square anchor per level (16, 32, 64, 128, 256 px at strides 8 .. 128), 128 px inputs.
 ONE_ANCHOR = ["model.anchors.sizes=[16,32,64,128,256]", "model.anchors.scales=[1.0]", "model.anchors.ratios=[1.0]",
@@ -127,3 +130,82 @@ def test_check_dataset_json_and_files(synthetic: Path, tmp_path: Path, capsys: p
     assert coverage["boxes"] == sum(c["boxes"] for c in figures["per_class"])  # one training scale: every box once
     assert sorted(p.name for p in (tmp_path / "out").iterdir())[0] == "histograms.png"
     assert len(list((tmp_path / "out").glob("preview_*.png"))) == 3
+
+
+# ----------------------------------------------------------------------------- rare classes, size basis, input size
+
+
+def test_rare_classes_by_hand() -> None:
+    train = class_counts(dataset_of(128, [(1, [0, 0, 8, 8], 0)] * 12 + [(2, [0, 0, 8, 8], 0), (2, [0, 0, 8, 8], 1)]))
+    val = class_counts(dataset_of(128, [(1, [0, 0, 8, 8], 0), (2, [0, 0, 8, 8], 0)]))
+    test = class_counts(dataset_of(128, [(2, [0, 0, 8, 8], 0), (4, [0, 0, 8, 8], 0)]))
+    rare = rare_classes({"train": train, "val": val, "test": test})
+    # a: 12 training boxes but none in test; b: 1 (the crowd box does not count); unused: none anywhere.
+    assert [(c.name, c.boxes) for c in rare] == [
+        ("unused", {"train": 0, "val": 0, "test": 1}), ("b", {"train": 1, "val": 1, "test": 1}),
+        ("a", {"train": 12, "val": 1, "test": 0})]
+    lines = format_rare_classes(rare, 3)
+    assert lines[0] == "warning: 3 of 3 classes have fewer than 10 boxes in train or no box in val or test:"
+    assert lines[2].split() == ["b", "1", "in", "train,", "1", "in", "val,", "1", "in", "test"]
+    assert any('"-" in the per-class table, an empty row in report.html' in line for line in lines)
+    assert [c.name for c in rare_classes({"train": train})] == ["unused", "b"]
+    assert format_rare_classes(rare_classes({"train": train}), 3)[1].split() == ["b", "1", "boxes"]
+    assert format_rare_classes([], 3) == []
+    # A class without any box (a subset of a larger label set) goes on one line with the others like it.
+    two = format_rare_classes(rare_classes({"train": train, "val": val}), 3)
+    assert "  no box at all (1, never learned nor evaluated): unused" in two
+    assert not any(line.split()[0] == "unused" for line in two)
+
+
+def test_empty_size_note_names_the_metrics_that_show_a_dash() -> None:
+    assert empty_size_note({"small": 0, "medium": 1, "large": 2107}) == (
+        'no small boxes in original pixels: evaluated on this split, APs show "-" '
+        "(no box of that size to find: undefined, not 0)")
+    assert "APs, APm show" in empty_size_note({"small": 0, "medium": 0, "large": 5})
+    assert empty_size_note({"small": 1, "medium": 1, "large": 1}) is None
+    assert empty_size_note({"small": 0, "medium": 0, "large": 0}) is None  # no boxes: nothing to say
+
+
+def test_input_size_kept_when_the_boxes_fit_the_anchors() -> None:
+    """A 32 px box centred on a P4 anchor centre is that anchor (IoU 1); at any scale it stays on the grid."""
+    coverage = anchor_coverage(dataset_of(128, [(1, [16, 16, 32, 32], 0)]), load_config(None, ONE_ANCHOR))
+    sug = coverage.input_size
+    assert sug == InputSuggestion(min_size=128, max_size=128, fg=1.0, current_fg=1.0, better=False,
+                                  median_side=32.0, anchor_sides=(16.0, 256.0))
+
+
+def test_input_size_suggested_is_what_coverage_measures_at_that_size() -> None:
+    data = dataset_of(128, HAND_BOXES)
+    sug = anchor_coverage(data, load_config(None, ONE_ANCHOR)).input_size
+    assert sug.better and sug.current_fg == pytest.approx(1 / 3) and sug.min_size in INPUT_SIZES
+    at = load_config(None, [*ONE_ANCHOR, f"input.min_size=[{sug.min_size}]", f"input.max_size={sug.max_size}"])
+    assert sug.max_size == sug.min_size  # the configured proportion: max_size 128 for min_size 128
+    assert anchor_coverage(data, at).overall["fg"] == pytest.approx(sug.fg)
+    smaller = [s for s in INPUT_SIZES if s < sug.min_size]
+    for size in smaller:  # the smallest of the best: every smaller size reaches less
+        cfg = load_config(None, [*ONE_ANCHOR, f"input.min_size=[{size}]", f"input.max_size={size}"])
+        assert anchor_coverage(data, cfg).overall["fg"] < sug.fg - 0.01
+    lines = format_input_size(sug, [128], 0.5)
+    assert lines[1].startswith(f"  suggested: --set input.min_size=[{sug.min_size}] input.max_size={sug.max_size} puts")
+
+
+def test_check_dataset_data_flag_on_the_roboflow_sample(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """The shipped export: one category count, the one-box class flagged, the pixel basis of every size table."""
+    code = check_dataset.main(["--data", str(REPO / "data" / "sample_roboflow"), "--config", str(REPO / "configs" / "sample.yaml"),
+                               "--json", str(tmp_path / "check.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    placeholder = "categories: 13 ({} used; Roboflow's placeholder category 0 'household-objects' left out: not a class)"
+    assert [line for line in out.splitlines() if line.startswith("categories:")] == [
+        placeholder.format(13), placeholder.format(8), placeholder.format(5)]
+    assert out.count("annotations, 13 categories (and the placeholder category 0, not a class)") == 3
+    assert "warning: 12 of 13 classes have fewer than 10 boxes in train or no box in val or test:" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ") and " in train, " in line}
+    assert rows["toaster"] == ["1", "in", "train,", "0", "in", "val,", "0", "in", "test"]
+    assert "person" not in rows  # 16 training boxes, some in val and test
+    assert out.count("box sizes in original image pixels") == 3 and "small (resized)" in out
+    assert "input size: after the resize to min_size [256] the median box is" in out
+    figures = json.loads((tmp_path / "check.json").read_text())
+    assert {c["name"]: c["boxes"] for c in figures["rare_classes"]}["toaster"] == {"train": 1, "val": 0, "test": 0}
+    assert figures["splits"]["test"]["images"] == 3 and figures["images"] == 8
+    assert figures["anchor_coverage"]["input_size"]["current_fg"] == figures["anchor_coverage"]["fg"]

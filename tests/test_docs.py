@@ -265,6 +265,7 @@ NOT_RUN_PAGES = {
     "deploy.md": "its export, predict and evaluate --model commands are the README's (tests/test_readme.py) and "
                  "tests/test_export.py runs each runtime; INT8 calibration and the benchmark take minutes",
     "multi_gpu.md": "torchrun on GPUs; tests/test_distributed.py runs the gloo path and test_gpu_check.py the GPU check",
+    "own_data.md": "tests/test_own_data.py runs it on data/sample_roboflow and checks what it writes",
 }
 SCRATCH_SAMPLE = "_base_: {base}\ntrain:\n  max_iters: 4\n"  # the sample run, shortened: seconds, not a minute
 QUIET_SERVERS = ("tensorboard",)  # never return: not run, as in test_readme

@@ -208,7 +208,7 @@ def evaluate_handmade(synthetic: Path, tmp_path: Path, *flags: str) -> dict[str,
     (tmp_path / "results.json").write_text(json.dumps(result_records()))
     sets = synthetic_overrides(synthetic) + [f"data.val.annotations={tmp_path / 'gt.json'}"]
     assert evaluate.main(["--config", DEMO, "--predictions", str(tmp_path / "results.json"), *flags, "--set", *sets]) == 0
-    return json.loads((tmp_path / "operating_point.json").read_text())
+    return json.loads((tmp_path / "results_eval_val" / "operating_point.json").read_text())  # named after file, split
 
 
 def test_evaluate_predictions_with_target_precision_writes_expected_thresholds(synthetic: Path, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
                                 timeout=900)
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     run = tmp_path / "runs" / "sample"
-    assert json.loads((run / "metrics.json").read_text())["AP"] >= 0.0
+    assert json.loads((run / "eval_val" / "metrics.json").read_text())["AP"] >= 0.0
     assert (run / "MODEL_CARD.md").is_file() and (run / "checkpoints" / "last.pt").is_file()
     drawn = sorted(p.name for p in (run / "predictions").glob("*.png"))
     assert len(drawn) == len(list((REPO / "data" / "sample" / "val").glob("*.jpg")))

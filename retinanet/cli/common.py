@@ -1,11 +1,13 @@
 """Command-line error handling: user mistakes end in one line and a non-zero exit code."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
 
 from retinanet.config import ConfigError
+from retinanet.data.layouts import DataFolder, find_layout
 from retinanet.data.validate import DatasetError
 from retinanet.fileio import RunFileError
 from retinanet.modeling.backbone import WeightsError
@@ -18,6 +20,24 @@ EXIT_FAILURE = 1  # bad data, checkpoint or a run that cannot go on
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DatasetError, RunFileError, WeightsError, FileExistsError, FileNotFoundError, FloatingPointError, PermissionError,
 )
+
+
+DATA_HELP = ("a dataset folder: a Roboflow COCO export (train/ valid/ test/ with _annotations.coco.json), COCO 2017 "
+             "(annotations/instances_{train,val}2017.json) or this repository's layout (like data/sample); fills "
+             "data.train, data.val and data.test, and --set data.* still wins (docs/own_data.md)")
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="DIR", help=DATA_HELP)
+
+
+def with_data(data: str | None, overrides: list[str]) -> tuple[DataFolder | None, list[str]]:
+    """The folder --data names and the config overrides: its split paths first, so the user's --set wins."""
+    if data is None:
+        return None, overrides
+    folder = find_layout(data)
+    print(folder.describe())
+    return folder, [*folder.overrides(), *overrides]
 
 
 class TqdmHandler(logging.Handler):

@@ -1,19 +1,22 @@
-"""COCO evaluation of a checkpoint, or of an existing COCO results file.
+"""COCO evaluation of a checkpoint, or of an existing COCO results file, on the val, test or train split.
 
-    python evaluate.py --config FILE --checkpoint CKPT [--output-dir DIR] [--set KEY=VALUE ...]
+    python evaluate.py --config FILE --checkpoint CKPT [--split val|test|train] [--output-dir DIR] [--set KEY=VALUE ...]
+    python evaluate.py --config FILE --checkpoint CKPT --data DIR --split test   (a Roboflow or COCO export folder)
     python evaluate.py --config FILE --predictions RESULTS.json [--output-dir DIR]
     python evaluate.py --config FILE --model model.onnx [--output-dir DIR]   (an exported file, onnxruntime on CPU)
     python evaluate.py --config FILE --model model.onnx|model.xml --runtime openvino [--precision auto|f32|bf16]
     add --target-precision P, --target-recall R or --cost-fn C [--cost-fp F] to choose score thresholds
     (operating point; --cost-fn: the least C x missed + F x false positives, F = 1 by default)
 
-Writes OUTPUT_DIR/metrics.json (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class; for --model
-also `runtime`, the engine and precision it ran under) and,
-with a checkpoint, OUTPUT_DIR/detections.json (COCO results: original image and category ids).
-With a target: OUTPUT_DIR/operating_point.json and, for a checkpoint, operating_point.json and
-MODEL_CARD.md in its run folder (the checkpoint's parent's parent), where predict.py finds them.
-Then the report (docs/evaluation_report.md): OUTPUT_DIR/report.html with curves, confusion matrix,
-error types and worst images, at the run's operating point (or --score-thresh, else max F1).
+The output folder is named after the split: RUN/eval_<split> for a run's checkpoint RUN/checkpoints/X.pt,
+else <stem>_eval_<split> beside the evaluated file; --output-dir chooses another. It gets metrics.json
+(AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, per_class; for --model also `runtime`, the engine and
+precision it ran under) and, with a checkpoint or a model, detections.json (COCO results: original image
+and category ids). With a target: OUTPUT_DIR/operating_point.json and, for a run's checkpoint evaluated
+on val, operating_point.json and MODEL_CARD.md in its run folder, where predict.py finds them; the run's
+files are never written from another split (thresholds are chosen on val, and the test split stays
+unseen). Then the report (docs/evaluation_report.md): OUTPUT_DIR/report.html with curves, confusion
+matrix, error types and worst images, at the run's operating point (or --score-thresh, else max F1).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from retinanet.data.coco import CocoDetection
+from retinanet.data.layouts import SPLITS, DataFolder
 from retinanet.data.loaders import DatasetError, build_dataset, build_val_loader
 from retinanet.config import Config, ConfigError, load_config, replace
 from retinanet.fileio import RunFileError
@@ -40,7 +44,7 @@ from retinanet.modeling.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from retinanet.engine.runtime import place_model, resolve_device, resolve_eval_amp
 from retinanet.engine.inference import evaluate
 from retinanet.engine.checkpoint import Checkpoint, load_model_weights
-from retinanet.cli.common import run_cli
+from retinanet.cli.common import add_data_argument, run_cli, with_data
 from retinanet.evaluation.evaluator import STAT_NAMES, CocoEvaluator, format_metrics_table
 from retinanet.modeling.model import build_model, build_postprocess
 from retinanet.evaluation.model_card import update_model_card
@@ -54,7 +58,10 @@ log = logging.getLogger("retinanet")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config (its data.val split is evaluated)")
+    parser.add_argument("--config", required=True, help="YAML config (its data.<split> is evaluated)")
+    add_data_argument(parser)
+    parser.add_argument("--split", choices=SPLITS, default="val",
+                        help="the split to evaluate (default val); test: the held-out split, never used in training")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint written by train.py")
     source.add_argument("--predictions", help="COCO results JSON to evaluate without a model")
@@ -64,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="--model: onnxruntime (default for .onnx) or openvino (default for .xml)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="--runtime openvino: float precision (auto: bf16 where the CPU has AMX)")
-    parser.add_argument("--output-dir", default=None, help="where to write metrics.json and the report (default: the run folder of "
-                        "--checkpoint, i.e. the folder above checkpoints/; the folder of --predictions or --model)")
+    parser.add_argument("--output-dir", default=None, help="where to write metrics.json and the report (default: RUN/eval_SPLIT "
+                        "for RUN/checkpoints/X.pt; else STEM_eval_SPLIT beside --checkpoint, --predictions or --model)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--target-precision", metavar="P", help="score thresholds: most recall at precision >= P")
     target.add_argument("--target-recall", metavar="R", help="the highest score thresholds with recall >= R")
@@ -160,25 +167,83 @@ def evaluate_onnx(
     return metrics, results
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """The arguments that cost nothing to check, before any config, checkpoint or dataset is read."""
+    for flag, value in (("--checkpoint", args.checkpoint), ("--predictions", args.predictions), ("--model", args.model)):
+        if value is not None and not Path(value).is_file():
+            raise FileNotFoundError(f"{flag} {value}: file not found; check the path")
+    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
+        raise ConfigError(f"--score-thresh {args.score_thresh}: must be in [0, 1], e.g. --score-thresh 0.3")
+    if args.worst < 0:
+        raise ConfigError(f"--worst {args.worst}: must be >= 0 images")
+
+
+def run_folder_of(args: argparse.Namespace) -> Path | None:
+    """The run folder of a checkpoint in RUN/checkpoints/, where the run's operating point and card live."""
+    if args.checkpoint is None or Path(args.checkpoint).parent.name != "checkpoints":
+        return None
+    return Path(args.checkpoint).parent.parent
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """--output-dir, else a folder named after the split: RUN/eval_<split>, or <stem>_eval_<split> beside the file.
+
+    The run folder itself holds what training chose on val (operating_point.json, MODEL_CARD.md): another
+    split's results never go there.
+    """
+    run_dir = run_folder_of(args)
+    if args.output_dir is None:
+        if run_dir is not None:
+            return run_dir / f"eval_{args.split}"
+        source = Path(args.checkpoint or args.predictions or args.model)
+        return source.parent / f"{source.stem}_eval_{args.split}"
+    out_dir = Path(args.output_dir)
+    if args.split != "val" and run_dir is not None and out_dir.resolve() == run_dir.resolve():
+        raise ConfigError(f"--output-dir {out_dir}: the run folder keeps what training chose on val; write the "
+                          f"{args.split} split's results elsewhere (the default is {run_dir / f'eval_{args.split}'})")
+    return out_dir
+
+
+def split_paths(cfg: Config, args: argparse.Namespace, folder: DataFolder | None) -> Config:
+    """The config whose data.val is the --split to evaluate (build_dataset augments only "train"), its paths checked."""
+    split = args.split
+    paths = getattr(cfg.data, split)
+    if folder is not None and not folder.has(split) and not paths.annotations:  # an explicit --set data.* wins
+        raise ConfigError(f"--split {split}: --data {folder.root} has no {split} split ({folder.looked_for(split)})")
+    if not paths.annotations or not paths.images:
+        raise ConfigError(f"--split {split}: data.{split}.images/annotations are not set in {args.config}; pass --data "
+                          f"DIR or --set data.{split}.images=DIR data.{split}.annotations=FILE")
+    for key in ("images", "annotations"):
+        if not Path(getattr(paths, key)).exists():
+            raise ConfigError(f"{args.config}: data.{split}.{key}: {getattr(paths, key)} does not exist; check the path")
+    return cfg if split == "val" else replace(cfg, **{"data.val": paths})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = parse_target(args)
-    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
-        raise ConfigError(f"--score-thresh {args.score_thresh}: must be in [0, 1], e.g. --score-thresh 0.3")
-    cfg = load_config(args.config, args.set)
+    check_inputs(args)
+    folder, overrides = with_data(args.data, args.set)
+    cfg = load_config(args.config, overrides)
+    cfg = split_paths(cfg, args, folder)
+    out_dir = output_dir(args)
+    records = load_results(Path(args.predictions)) if args.predictions else None
     detector = open_model(Path(args.model), args.runtime, args.precision) if args.model else None
     if detector is not None:
         log.info("runtime %s", detector.describe())
         cfg = with_model_input(cfg, detector)
+    if args.checkpoint:
+        ckpt_path = Path(args.checkpoint)
+        device = resolve_device(cfg.train.device)
+        amp, why = resolve_eval_amp(cfg.eval.amp, device, args.config)
+        ckpt = Checkpoint.load(ckpt_path)
     val_set = build_dataset(cfg, "val", args.config)
     evaluator = CocoEvaluator(val_set.coco, backend=cfg.eval.backend, keep_matches=True)
+    print(f"evaluating the {args.split} split: {val_set.annotations_file}")
 
-    default_dir = (Path(args.predictions).parent if args.predictions else Path(args.model).parent if args.model
-                   else Path(args.checkpoint).parent.parent)
-    out_dir = Path(args.output_dir or default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.predictions:
-        evaluator.update(load_results(Path(args.predictions)))
+    if records is not None:
+        evaluator.update(records)
         metrics = evaluator.compute()
         amp = None
     elif detector is not None:
@@ -186,15 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics, results = evaluate_onnx(detector, cfg, val_set, evaluator)
         (out_dir / "detections.json").write_text(json.dumps(results))
     else:
-        ckpt_path = Path(args.checkpoint)
-        device = resolve_device(cfg.train.device)
-        amp, why = resolve_eval_amp(cfg.eval.amp, device, args.config)
         print(f"evaluation precision {amp} ({why})")
-        ckpt = Checkpoint.load(ckpt_path)
         ckpt_ids = ckpt.category_ids
         if ckpt_ids and ckpt_ids != val_set.category_map.category_ids:
             raise DatasetError(
-                f"{cfg.data.val.annotations}: categories {val_set.category_map.category_ids[:10]} differ from the "
+                f"{val_set.annotations_file}: categories {val_set.category_map.category_ids[:10]} differ from the "
                 f"checkpoint's {ckpt_ids[:10]}; evaluate on a set with the training categories"
             )
         cfg = replace(cfg, **{"model.num_classes": len(ckpt_ids) or val_set.category_map.num_classes})
@@ -214,21 +275,24 @@ def main(argv: list[str] | None = None) -> int:
     if target is not None:
         names = {entry["id"]: name for name, entry in metrics["per_class"].items()}
         source = {"split": str(val_set.annotations_file)}
-        # A checkpoint in a run folder's checkpoints/ stores its operating point and card with the run.
-        run_dir = default_dir if args.checkpoint and ckpt_path.parent.name == "checkpoints" else None
+        run_dir = run_folder_of(args)
         if args.predictions or args.model:
             source["predictions" if args.predictions else "model"] = str(args.predictions or args.model)
         else:
-            source["checkpoint"] = str(ckpt_path.relative_to(default_dir)) if run_dir else str(ckpt_path)
+            source["checkpoint"] = str(ckpt_path.relative_to(run_dir)) if run_dir else str(ckpt_path)
             source["iteration"] = ckpt.iteration
         report = search(evaluator.matches(iou=IOU), names, source=source, **target)
         print(format_operating_point_table(report))
-        written = save_report(report, out_dir, *([run_dir] if run_dir else []))
-        if run_dir is not None:
+        # A run's checkpoint stores its operating point and card with the run, when they are chosen on val.
+        keep_with_run = run_dir is not None and args.split == "val"
+        written = save_report(report, out_dir, *([run_dir] if keep_with_run else []))
+        if keep_with_run:
             facts = {"config": ckpt.config, "train_seconds": ckpt.train_seconds, "iteration": ckpt.iteration}
             written.append(
                 update_model_card(run_dir, cfg, val_set.summary(), metrics, report, ckpt_path, facts, evaluator)
             )
+        elif run_dir is not None:
+            print(f"the run's operating point ({run_dir / 'operating_point.json'}) stays the one chosen on val")
         print("operating point: " + ", ".join(str(p) for p in written))
     report_thresholds = _report_thresholds(args, evaluator, metrics, report if target is not None else None)
     write_report(out_dir, evaluator, metrics, report_thresholds, val_set.images_dir, num_worst=args.worst)

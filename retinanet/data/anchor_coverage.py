@@ -7,6 +7,8 @@ its best IoU with any anchor of the padded input is compared with the matcher's 
 - low_quality_only: bg_iou <= best IoU < fg_iou: only the low-quality rule gives it a positive
   (its best anchors), and only with `model.matcher.allow_low_quality`;
 - none: best IoU < bg_iou: even its best anchor looks like background.
+Below TARGET it suggests anchors for the configured input size, and in any case the input size
+that suits the configured anchors best (`suggest_input_size`): two ways to the same end.
 
 The best IoU is exact without building the anchors: along each axis the overlap shrinks as the
 centres move apart, so for every anchor shape the best anchor is the one centred on the grid point
@@ -15,6 +17,7 @@ nearest the box centre (anchors sit at i * stride, i = 0 .. padded size / stride
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,9 @@ STRIDES = (8, 16, 32, 64, 128)  # P3..P7
 TARGET = 0.9  # warn when fewer boxes than this reach fg_iou
 KINDS = ("fg", "low_quality_only", "none")
 SUGGESTION_SAMPLE = 20000  # boxes used to rank candidate anchor settings
+# Input short sides tried by suggest_input_size; another is suggested only if it puts INPUT_GAIN more boxes at fg_iou.
+INPUT_SIZES = (128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 800, 896, 1024, 1152, 1280)
+INPUT_GAIN = 0.02
 SCALE_OPTIONS: tuple[tuple[float, ...], ...] = (
     (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
     (1.0, 2 ** (1 / 4), 2 ** (1 / 2), 2 ** (3 / 4)),
@@ -112,12 +118,24 @@ class Suggestion:
 
 
 @dataclass(frozen=True)
+class InputSuggestion:
+    min_size: int  # the suggested input.min_size (one value) and input.max_size in the configured proportion
+    max_size: int
+    fg: float  # share of the sampled boxes that reach fg_iou with the configured anchors at this size
+    current_fg: float  # the same at the configured input sizes
+    better: bool  # False: no size of INPUT_SIZES gains INPUT_GAIN over the configured one, which is kept
+    median_side: float  # median sqrt(area) of the boxes after the configured resize, in pixels
+    anchor_sides: tuple[float, float]  # the smallest and largest anchor's sqrt(area) (the ratio keeps the area)
+
+
+@dataclass(frozen=True)
 class Coverage:
     overall: dict[str, Any]  # {"boxes", "fg", "low_quality_only", "none"}
     per_size: dict[str, dict[str, Any]]  # COCO small / medium / large after the resize
     per_class: dict[int, dict[str, Any]]
     settings: dict[str, Any]
     suggestion: Suggestion | None = None
+    input_size: InputSuggestion | None = None
 
     def to_dict(self, names: Mapping[int, str]) -> dict[str, Any]:
         """The --json layout: fractions of all non-crowd boxes (each counted once per training scale)."""
@@ -128,6 +146,7 @@ class Coverage:
             "per_class": {names.get(c, str(c)): {"id": c, **v} for c, v in self.per_class.items()},
             "settings": self.settings,
             "suggestion": None if self.suggestion is None else vars(self.suggestion),
+            "input_size": None if self.input_size is None else dataclasses.asdict(self.input_size),
         }
 
 
@@ -155,6 +174,49 @@ def suggest_anchors(boxes: ResizedBoxes, cfg: Config, seed: int = 0) -> Suggesti
     return Suggestion(sizes, [round(s, 4) for s in scales], fg)
 
 
+def _sample_annotations(dataset: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """The dataset with at most SUGGESTION_SAMPLE of its non-crowd annotations, drawn with `seed`."""
+    anns = [a for a in dataset.get("annotations", []) if not a.get("iscrowd")]
+    if len(anns) > SUGGESTION_SAMPLE:
+        keep = np.random.default_rng(seed).choice(len(anns), SUGGESTION_SAMPLE, replace=False)
+        anns = [anns[i] for i in sorted(keep)]
+    return {**dataset, "annotations": anns}
+
+
+def suggest_input_size(dataset: Mapping[str, Any], cfg: Config, seed: int = 0) -> InputSuggestion | None:
+    """The input short side of INPUT_SIZES whose resize puts the most boxes at fg_iou with the configured anchors.
+
+    Sizes within 1 point of the best count as equal and the smallest of them wins (compute grows with
+    the pixels); input.max_size keeps its configured proportion to the short side. None without boxes.
+    """
+    anchors, inp, fg_iou = cfg.model.anchors, cfg.input, cfg.model.matcher.fg_iou
+    sample = _sample_annotations(dataset, seed)
+    sizes = sizes_per_level(anchors.sizes, anchors.scales)
+
+    def fg_share(min_sizes: Sequence[int], max_size: int) -> tuple[float, ResizedBoxes]:
+        boxes = resized_boxes(sample, min_sizes, max_size, inp.size_divisible)
+        best = best_anchor_iou(boxes.boxes_xyxy, boxes.padded_hw, sizes, anchors.ratios)
+        return (float((best >= fg_iou).mean()) if best.size else 0.0), boxes
+
+    current_fg, current = fg_share(inp.min_size, inp.max_size)
+    if not len(current.boxes_xyxy):
+        return None
+    proportion = inp.max_size / max(inp.min_size)
+    shares = {size: fg_share([size], round(size * proportion))[0] for size in INPUT_SIZES}
+    top = max(shares.values())
+    size = min(s for s, fg in shares.items() if fg >= top - 0.01)
+    better = shares[size] >= current_fg + INPUT_GAIN
+    if not better:
+        size = max(inp.min_size)
+    wh = current.boxes_xyxy[:, 2:] - current.boxes_xyxy[:, :2]  # (B, 2)
+    return InputSuggestion(
+        min_size=size, max_size=round(size * proportion) if better else inp.max_size,
+        fg=shares[size] if better else current_fg, current_fg=current_fg, better=better,
+        median_side=float(np.median(np.sqrt(wh.prod(axis=1)))),
+        anchor_sides=(anchors.sizes[0] * min(anchors.scales), anchors.sizes[-1] * max(anchors.scales)),
+    )
+
+
 def anchor_coverage(dataset: Mapping[str, Any], cfg: Config) -> Coverage:
     """Coverage of a dataset's boxes by the anchors of `cfg` after its training resize."""
     anchors, matcher = cfg.model.anchors, cfg.model.matcher
@@ -176,9 +238,8 @@ def anchor_coverage(dataset: Mapping[str, Any], cfg: Config) -> Coverage:
         settings=settings,
     )
     if overall["boxes"] and overall["fg"] < TARGET:
-        coverage = Coverage(coverage.overall, coverage.per_size, coverage.per_class, settings,
-                            suggest_anchors(boxes, cfg))
-    return coverage
+        coverage = dataclasses.replace(coverage, suggestion=suggest_anchors(boxes, cfg))
+    return dataclasses.replace(coverage, input_size=suggest_input_size(dataset, cfg))
 
 
 def format_coverage(coverage: Coverage, names: Mapping[int, str]) -> list[str]:
@@ -196,11 +257,13 @@ def format_coverage(coverage: Coverage, names: Mapping[int, str]) -> list[str]:
         return f"  {name:<24} {f['boxes']:>7}{cells}"
 
     lines.append(row("all", coverage.overall))
-    lines += [row(f"{bucket} (COCO)", f) for bucket, f in coverage.per_size.items()]
+    lines += [row(f"{bucket} (resized)", f) for bucket, f in coverage.per_size.items()]
     lines += [row(names.get(c, str(c)), f) for c, f in coverage.per_class.items()]
     fg_iou, bg_iou = s["matcher"]["fg_iou"], s["matcher"]["bg_iou"]
     lines.append(f"  fg: best anchor IoU >= {fg_iou}; low-q only: {bg_iou} <= best < {fg_iou} (a positive only through "
                  f"low-quality matches); none: best < {bg_iou}")
+    lines.append("  small / medium / large (resized): COCO's buckets after the resize, the sizes the anchors see; "
+                 "evaluation's APs / APm / APl bucket the original pixels (the box sizes above)")
     if coverage.overall["boxes"] and coverage.overall["fg"] < TARGET:
         lines.append(f"warning: only {100 * coverage.overall['fg']:.1f}% of the boxes reach fg_iou {fg_iou} "
                      f"with their best anchor (want >= {100 * TARGET:.0f}%)")
@@ -210,4 +273,22 @@ def format_coverage(coverage: Coverage, names: Mapping[int, str]) -> list[str]:
             scales = ",".join(f"{v:g}" for v in sug.scales)
             lines.append(f"  suggested: --set model.anchors.sizes=[{sizes}] model.anchors.scales=[{scales}] "
                          f"reaches {100 * sug.fg:.1f}%")
+    if coverage.input_size is not None:
+        lines += format_input_size(coverage.input_size, s["input"]["min_size"], fg_iou)
+    return lines
+
+
+def format_input_size(sug: InputSuggestion, min_sizes: Sequence[int], fg_iou: float) -> list[str]:
+    """The input-size line: the boxes' size after the resize against the anchors', and the size that fits them best."""
+    low, high = sug.anchor_sides
+    lines = [f"input size: after the resize to min_size {list(min_sizes)} the median box is {sug.median_side:.0f} px; "
+             f"the anchors span {low:.0f}-{high:.0f} px"]
+    if sug.better:
+        cost = (sug.min_size / max(min_sizes)) ** 2
+        lines.append(f"  suggested: --set input.min_size=[{sug.min_size}] input.max_size={sug.max_size} puts "
+                     f"{100 * sug.fg:.1f}% of the boxes at fg_iou {fg_iou} with these anchors (now "
+                     f"{100 * sug.current_fg:.1f}%), at {cost:.2g}x the pixels per image")
+    else:
+        lines.append(f"  it suits these anchors: no input size from {INPUT_SIZES[0]} to {INPUT_SIZES[-1]} px puts "
+                     f"{100 * INPUT_GAIN:.0f} points more of the boxes at fg_iou {fg_iou} ({100 * sug.current_fg:.1f}% now)")
     return lines

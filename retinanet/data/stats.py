@@ -1,13 +1,16 @@
-"""What a COCO detection file holds: boxes per class, box sizes and shapes, boxes per image.
+"""What a COCO detection file holds: boxes per class, box sizes and shapes, boxes per image, rare classes.
 
 These take the (validated) dataset dict as json.load gives it. Crowd boxes are counted apart: they
-are ignore regions, not objects to find. Sizes are measured after clipping to the image, as
-training sees the boxes; COCO's buckets are small < 32^2 <= medium < 96^2 <= large (area in pixels).
+are ignore regions, not objects to find. Sizes are in the original image's pixels, measured after
+clipping to the image, as training sees the boxes before its resize; COCO's buckets are small < 32^2
+<= medium < 96^2 <= large (area in pixels), and evaluation's APs / APm / APl use them on these original
+pixels (anchor_coverage has the sizes after the resize).
 """
 from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +24,9 @@ from retinanet.fileio import write_text_atomic
 
 COCO_SMALL, COCO_LARGE = 32**2, 96**2
 SIZE_BUCKETS = ("small", "medium", "large")
+SIZE_METRICS = {"small": "APs", "medium": "APm", "large": "APl"}
+# Fewer training boxes than this: the class is learned from few examples and a few boxes decide its AP.
+RARE_BOXES = 10
 # Histogram edges on sqrt(box area) in pixels.
 SIDE_EDGES = (16, 32, 64, 128, 256)
 
@@ -84,6 +90,66 @@ def size_counts(dataset: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, i
         sides[side_bucket(area)] += 1
         coco[coco_size(area)] += 1
     return sides, coco
+
+
+def empty_size_note(coco_sizes: Mapping[str, int]) -> str | None:
+    """Why evaluation prints "-" for APs, APm or APl on a split with these (original-pixel) size counts."""
+    empty = [size for size in SIZE_BUCKETS if not coco_sizes[size]]
+    if not empty or len(empty) == len(SIZE_BUCKETS):
+        return None
+    metrics = ", ".join(SIZE_METRICS[size] for size in empty)
+    return (f"no {' or '.join(empty)} boxes in original pixels: evaluated on this split, {metrics} show \"-\" "
+            "(no box of that size to find: undefined, not 0)")
+
+
+@dataclass(frozen=True)
+class RareClass:
+    id: int
+    name: str
+    boxes: dict[str, int]  # split -> non-crowd boxes, the training split first
+
+
+def rare_classes(counts: Mapping[str, list[ClassCount]]) -> list[RareClass]:
+    """The classes of the first (training) split with fewer than RARE_BOXES boxes there or none in another split;
+    the fewest training boxes first, then the fewest boxes in all."""
+    splits = list(counts)
+    by_split = {split: {c.id: c.boxes for c in counts[split]} for split in splits}
+    rare = []
+    for c in counts[splits[0]]:
+        boxes = {split: by_split[split].get(c.id, 0) for split in splits}
+        if c.boxes < RARE_BOXES or any(boxes[split] == 0 for split in splits[1:]):
+            rare.append(RareClass(c.id, c.name, boxes))
+    return sorted(rare, key=lambda c: (c.boxes[splits[0]], sum(c.boxes.values()), c.name))
+
+
+def format_rare_classes(rare: list[RareClass], total: int) -> list[str]:
+    """The warning: each rare class with its boxes per split, then what that does to its AP."""
+    if not rare:
+        return []
+    splits = list(rare[0].boxes)
+    train, others = splits[0], splits[1:]
+    if others:
+        head = f"fewer than {RARE_BOXES} boxes in {train} or no box in {' or '.join(others)}"
+    else:
+        head = f"fewer than {RARE_BOXES} boxes"
+    lines = [f"warning: {len(rare)} of {total} classes have {head}:"]
+    unused = [c.name for c in rare if not any(c.boxes.values())]
+    for c in rare:
+        if c.name in unused:
+            continue
+        counts = ", ".join(f"{c.boxes[split]} in {split}" for split in splits) if others else f"{c.boxes[train]} boxes"
+        lines.append(f"  {c.name:<24} {counts}")
+    if unused:  # declared but never annotated (a subset of a larger label set): one line, not one row each
+        lines += textwrap.wrap(f"no box at all ({len(unused)}, never learned nor evaluated): {', '.join(unused)}",
+                               width=110, initial_indent="  ", subsequent_indent="    ")
+    lines.append(f"  for AP: a class learned from fewer than {RARE_BOXES} boxes is found poorly, and its per-class AP "
+                 "is noisy (a few boxes decide it)")
+    if others:
+        lines.append('  a class with no box in a split has no AP there: "-" in the per-class table, an empty row in '
+                     "report.html and in the operating point (it takes the overall threshold)")
+    lines.append("  fix: add boxes of these classes, or merge each into a similar class, before comparing their AP "
+                 "(training-side remedies: docs/rare_classes.md)")
+    return lines
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,9 @@ class ValidationReport:
 
     def summary(self) -> str:
         """Multi-line report: one line per problem kind and per note kind, with counts and first examples."""
-        lines = [f"{self.num_images} images, {self.num_annotations} annotations, {self.num_categories} categories"]
+        classes = self.num_categories - len(self.placeholder_category_ids)  # the placeholder is not a class
+        placeholder = " (and the placeholder category 0, not a class)" if self.placeholder_category_ids else ""
+        lines = [f"{self.num_images} images, {self.num_annotations} annotations, {classes} categories{placeholder}"]
         if self.ok:
             lines.append("problems: none")
         else:
