@@ -223,6 +223,7 @@ def test_failed_run_is_reported_and_the_others_complete(study, synthetic: Path) 
     assert failed["status"] == "failed" and "missing.pt: checkpoint not found" in failed["error"]
     assert failed["AP"] == ""
     rare_id = _rarest(synthetic / "annotations" / "instances_train.json")
+    planned_amp, _ = compare.resolve_amp(compare.load_config(DEMO).train.amp, torch.device("cpu"))
     assert set(rows) == {"focal-g2-a0.25-s42", "bce-a0.75-s42"}
     for name, row in rows.items():
         assert row["status"] == "trained"
@@ -236,6 +237,8 @@ def test_failed_run_is_reported_and_the_others_complete(study, synthetic: Path) 
         rare_point = next(e for e in point["per_class"].values() if e["id"] == rare_id)
         assert row["recall_op_rarest"] == ("" if rare_point["recall"] is None else str(rare_point["recall"]))
         assert float(row["train_seconds"]) > 0 and row["skipped_steps"] == "0"
+        runtime = json.loads((out / "runs" / name / "runtime.json").read_text())
+        assert (row["train_amp"], row["eval_amp"]) == (runtime["amp"], metrics["amp"]) == (planned_amp, "none")
     report = (out / "report.md").read_text()
     assert "failed: training failed (exit 1)" in report and "non-finite steps skipped: 0 in total" in report
     for name in ("pr_curves.png", "ap_over_iters.png"):
@@ -292,3 +295,55 @@ def test_parallel_runs_are_spread_over_the_visible_gpus(monkeypatch) -> None:
     assert compare.gpu_envs({}, runs=2, jobs=1) == [{}, {}]  # one job: where the user put it
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert compare.gpu_envs({}, runs=2, jobs=2) == [{}, {}]
+
+
+def test_every_arm_trains_at_one_stated_precision_unless_the_study_varies_it(monkeypatch, tmp_path: Path) -> None:
+    losses = compare.parse_losses("focal,bce:alpha=0.75")
+    monkeypatch.setenv("RETINANET_CPU_AMX", "1")  # auto resolves here, once per setting, as train.py will
+    assert {(s.amp, s.amp_reason) for s in compare.expand_settings(DEMO, ["train.amp=auto"], losses, [])} == {
+        ("bf16", "auto: the CPU has AMX (amx_bf16)")
+    }
+    monkeypatch.setenv("RETINANET_CPU_AMX", "0")
+    assert {s.amp for s in compare.expand_settings(DEMO, ["train.amp=auto"], losses, [])} == {"none"}
+    # varied on purpose: in --losses or in --grid
+    mixed = compare.expand_settings(DEMO, [], compare.parse_losses("focal:train.amp=bf16,focal:train.amp=none"), [])
+    assert [(s.name, s.amp) for s in mixed] == [("focal-g2-a0.25-ampbf16", "bf16"), ("focal-g2-a0.25-ampnone", "none")]
+    grid = compare.expand_settings(DEMO, [], losses, compare.parse_grid(["train.amp=bf16,none"]))
+    assert [s.amp for s in grid] == ["bf16", "none", "bf16", "none"]
+    # anything else that makes auto differ per arm is refused
+    monkeypatch.setattr(compare, "resolve_amp", lambda amp, device: ("bf16", "x") if device.type == "cuda" else ("none", "y"))
+    with pytest.raises(ConfigError, match=r"different precisions \(focal-g2-a0.25-devicecuda bf16, bce-a0.75 fp32\)"):
+        compare.expand_settings(DEMO, ["train.amp=auto"], compare.parse_losses("focal:train.device=cuda,bce:alpha=0.75"), [])
+    monkeypatch.undo()
+
+    # the report, the csv and the log say what each run trained and was evaluated in
+    runs = compare.plan_runs(mixed, 1, 42, tmp_path)
+    results = [compare.Result(runs[0], "reused", {"AP": 0.3}, amp="bf16", eval_amp="none"),
+               compare.Result(runs[1], "reused", {"AP": 0.4}, amp=None, eval_amp="none")]  # no runtime.json: planned
+    report = compare.build_report(results, mixed[0].cfg, "cmd", None)
+    assert ("- precision: **differs between runs** (focal-g2-a0.25-ampbf16 bf16, focal-g2-a0.25-ampnone fp32; "
+            "column `precision`), evaluated in fp32") in report
+    assert "| bf16/fp32 | - | - | reused |" in report and "| fp32/fp32 | - | - | reused |" in report
+    assert "| - | - | - | bf16 |" in report and "| **-** | **fp32** |" in report  # the settings table's last column
+    compare.write_csv(results, tmp_path / "results.csv", None)
+    assert [(r["train_amp"], r["eval_amp"]) for r in _rows(tmp_path).values()] == [("bf16", "none"), ("none", "none")]
+    same = compare.plan_runs(compare.expand_settings(DEMO, ["train.amp=none"], losses, []), 1, 42, tmp_path)
+    report = compare.build_report([compare.Result(r, "reused", {"AP": 0.3}, amp="none", eval_amp="none") for r in same],
+                                  same[0].setting.cfg, "cmd", None)
+    assert "- precision: every run trained in fp32 (train.amp none: train.amp=none as configured), evaluated in fp32" in report
+
+
+def test_a_run_trained_at_another_precision_is_not_reused(monkeypatch, tmp_path: Path) -> None:
+    """The same config with train.amp auto resolves differently on another machine: runtime.json tells."""
+    monkeypatch.setenv("RETINANET_CPU_AMX", "0")
+    settings = compare.expand_settings(DEMO, ["train.amp=auto"], compare.parse_losses("focal"), [])
+    run = compare.plan_runs(settings, 1, 42, tmp_path)[0]
+    (run.dir / "checkpoints").mkdir(parents=True)
+    (run.dir / "checkpoints" / "last.pt").write_bytes(b"")
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(yaml.safe_load(yaml.safe_dump(compare.to_dict(run.cfg)))))
+    (run.dir / "runtime.json").write_text(json.dumps({"amp": "none"}))
+    compare.check_existing(run)  # trained as planned
+    (run.dir / "runtime.json").write_text(json.dumps({"amp": "bf16"}))  # begun on a CPU with AMX
+    with pytest.raises(FileExistsError, match=r"trained in bf16 \(its runtime.json\), but here train.amp auto resolves "
+                                              r"to fp32 \(auto: the CPU has no AMX"):
+        compare.check_existing(run)

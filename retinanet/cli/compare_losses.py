@@ -16,8 +16,11 @@ for every setting), in subprocesses, into DIR/runs/<run>/. A failed run is repor
 on; the exit code is then 1. Running the same command again resumes the study: evaluated runs are
 reused, trained ones only evaluated, interrupted ones continued with `train.py --resume`.
 
+Every setting trains at one precision (train.amp resolved once per setting and stated for every run);
+settings that resolve to different ones stop the study unless --losses or --grid vary train.amp.
+
 Writes DIR/report.md (each run's and setting's AP, AP50, AP75, the rarest class's AP50 and the recall at
-the run's operating point, overall and for the rarest class), DIR/results.csv, DIR/pr_curves.png and
+the run's operating point, overall and for the rarest class, and its precision), DIR/results.csv, DIR/pr_curves.png and
 DIR/ap_over_iters.png (the three settings with the highest mean AP), DIR/compare.log and DIR/tensorboard
 (one hparams entry per run).
 """

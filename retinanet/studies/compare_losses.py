@@ -35,6 +35,7 @@ from retinanet.evaluation.evaluator import CocoEvaluator
 from retinanet.evaluation.operating_point import OperatingPointReport, load_report
 from retinanet.engine.logger import RunLogger, read_metrics, setup_file_logging
 from retinanet.engine.run_folder import discard_run_files
+from retinanet.engine.runtime import read_runtime_record, resolve_amp, resolve_device
 from retinanet.fileio import RunFileError
 
 log = logging.getLogger("retinanet.compare_losses")
@@ -69,6 +70,8 @@ class Setting:
     alpha: str  # loss.alpha formatted: a number, per-class values joined by '_', or effective_number
     extras: tuple[tuple[str, str], ...]  # other keys this setting sets -> formatted value
     cfg: Config = field(compare=False, repr=False)
+    amp: str  # train.amp as it resolves on this machine (as train.py will): "none" (fp32) | "bf16" | "fp16"
+    amp_reason: str  # why (engine.runtime.resolve_amp), for the log and the report
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class Result:
     skipped_steps: int | None = None
     error: str = ""
     operating_point: OperatingPointReport | None = None  # the run's operating_point.json (max F1 on val)
+    amp: str | None = None  # the training precision its runtime.json records (None: no record)
+    eval_amp: str | None = None  # the precision of its evaluation (eval/metrics.json `amp`)
 
     @property
     def ok(self) -> bool:
@@ -209,7 +214,8 @@ def expand_settings(
             extras = tuple((k, _format_value(_lookup(cfg, k))) for k in chosen if k not in NAMED_KEYS)
             alpha = _format_value(cfg.loss.alpha)
             name = _run_name(entry.type, gamma, alpha, extras, full_keys)
-            settings.append(Setting(name, entry.type, overrides, gamma, alpha, extras, cfg))
+            amp, reason = resolve_amp(cfg.train.amp, resolve_device(cfg.train.device))
+            settings.append(Setting(name, entry.type, overrides, gamma, alpha, extras, cfg, amp, reason))
         return settings
 
     settings = build(full_keys=False)
@@ -219,7 +225,33 @@ def expand_settings(
     if any(count > 1 for count in names.values()):
         duplicate = next(name for name, count in names.items() if count > 1)
         raise ConfigError(f"--grid/--losses: two different settings get the run name '{duplicate}'; use distinct values")
+    check_precisions(settings, losses, grid)
     return settings
+
+
+def precision_name(amp: str | None) -> str:
+    """A resolved train.amp / eval.amp as a reader says it: none is fp32."""
+    return "-" if amp is None else "fp32" if amp == "none" else amp
+
+
+def check_precisions(
+    settings: Sequence[Setting], losses: Sequence[LossEntry], grid: Sequence[tuple[str, Sequence[str]]]
+) -> None:
+    """Every setting trains at one precision unless the study varies train.amp on purpose.
+
+    The losses do not round alike (bf16 keeps 8 significant bits), so arms at different precisions
+    would compare the precision along with the loss. Only an explicit train.amp in --losses or --grid
+    asks for that; anything else that makes auto resolve differently per setting (train.device) is refused.
+    """
+    if len({s.amp for s in settings}) < 2:
+        return
+    varied = any(k == "train.amp" for k, _ in grid) or any(k == "train.amp" for e in losses for k, _ in e.overrides)
+    if not varied:
+        arms = ", ".join(f"{s.name} {precision_name(s.amp)}" for s in settings)
+        raise ConfigError(
+            f"--losses/--grid: the settings train at different precisions ({arms}), which would bias the "
+            "comparison; set one with --set train.amp=none (or bf16), or vary train.amp in --losses or --grid on purpose"
+        )
 
 
 def plan_runs(settings: Sequence[Setting], seeds: int, base_seed: int, output_dir: Path) -> list[Run]:
@@ -291,6 +323,22 @@ def check_existing(run: Run) -> None:
             f"{run.dir} holds a run with another config ({'; '.join(differences[:3])}); "
             "delete that folder or choose another --output-dir"
         )
+    trained = _recorded_amp(run.dir)
+    if trained is not None and trained != run.setting.amp:  # the same config, resolved elsewhere (train.amp auto)
+        raise FileExistsError(
+            f"{run.dir} trained in {precision_name(trained)} (its runtime.json), but here train.amp "
+            f"{run.cfg.train.amp} resolves to {precision_name(run.setting.amp)} ({run.setting.amp_reason}); "
+            "finish the study where it began, or delete that folder or choose another --output-dir"
+        )
+
+
+def _recorded_amp(run_dir: Path) -> str | None:
+    """The training precision a run folder's runtime.json records; None without a readable record."""
+    try:
+        record = read_runtime_record(run_dir)
+    except RunFileError:
+        return None
+    return record.get("amp") if isinstance(record, dict) else None
 
 
 def _read_yaml(path: Path) -> dict | None:
@@ -429,13 +477,19 @@ def execute(run: Run, config: str, base_sets: Sequence[str], env: dict[str, str]
             return _failed(run, tag, "evaluation", code, console)
     info = checkpoint_info(last) if last.is_file() else None
     _, skipped = read_history(run.dir / "metrics.jsonl")
-    log.info("%s: %s  AP %s  AP50 %s (%%)", tag, status, _pct(metrics.get("AP")), _pct(metrics.get("AP50")))
+    amp, eval_amp = _recorded_amp(run.dir), metrics.get("amp")
+    log.info("%s: %s  AP %s  AP50 %s (%%, trained in %s, evaluated in %s)", tag, status, _pct(metrics.get("AP")),
+             _pct(metrics.get("AP50")), precision_name(amp), precision_name(eval_amp))
+    if amp is not None and amp != run.setting.amp:
+        log.warning("%s: trained in %s, not in the %s its setting resolves to", tag, precision_name(amp),
+                    precision_name(run.setting.amp))
     try:
         report = load_report(run.dir)
     except RunFileError as exc:
         log.warning("%s: %s", tag, exc)
         report = None
-    return Result(run, status, metrics, info["train_seconds"] if info else None, skipped, operating_point=report)
+    return Result(run, status, metrics, info["train_seconds"] if info else None, skipped, operating_point=report,
+                  amp=amp, eval_amp=eval_amp)
 
 
 def _failed(run: Run, tag: str, stage: str, code: int, console: Path) -> Result:
@@ -543,7 +597,8 @@ def build_report(
         f"- command: `{command}`",
         f"- budget: {budget}; final weights (`checkpoints/last.pt`) evaluated on `{cfg.data.val.annotations}`",
         f"- the same for every loss type: optimizer {t.optimizer}, lr {t.lr:g} ({t.schedule}), warmup_iters "
-        f"{t.warmup_iters}, grad_clip {t.grad_clip:g} (0 = off), amp {t.amp}",
+        f"{t.warmup_iters}, grad_clip {t.grad_clip:g} (0 = off)",
+        f"- precision: {precision_summary(results)}",
         f"- non-finite steps skipped: {sum(skipped)} in total (per run: column `skipped`)",
         f"- rarest class: {rare_name} (id {rare[0]}, {rare[2]} non-crowd train boxes)" if rare else
         "- rarest class: none (no train boxes)",
@@ -555,7 +610,7 @@ def build_report(
         "",
     ]
     header = ["run", "loss", "gamma", "alpha", *extra_keys, "seed", *RUN_METRICS, f"{rare_name} AP50",
-              "recall @op", f"{rare_name} recall @op", "skipped", "train s", "status"]
+              "recall @op", f"{rare_name} recall @op", "precision (train/eval)", "skipped", "train s", "status"]
     rows = []
     for r in sorted(results, key=lambda r: (settings.index(r.run.setting), r.run.seed)):
         m = r.metrics or {}
@@ -564,6 +619,7 @@ def build_report(
             *(_pct(m.get(k)) for k in RUN_METRICS), _pct(class_ap50(m, rare_id) if r.ok else None),
             _pct(recall_at_operating_point(r.operating_point, None)),
             _pct(recall_at_operating_point(r.operating_point, rare_id) if rare_id is not None else None),
+            f"{precision_name(trained_amp(r))}/{precision_name(r.eval_amp)}",
             "-" if r.skipped_steps is None else str(r.skipped_steps),
             "-" if r.train_seconds is None else f"{r.train_seconds:.0f}",
             r.status if r.ok else f"failed: {r.error}",
@@ -574,12 +630,14 @@ def build_report(
     best = _best(summary, lambda s: s["stats"]["AP"][0])
     lines += ["", "## Settings (mean ± sd over seeds)", ""]
     header = ["setting", "loss", "gamma", "alpha", *extra_keys, "runs", *SETTING_METRICS, f"{rare_name} AP50",
-              "recall @op", f"{rare_name} recall @op"]
+              "recall @op", f"{rare_name} recall @op", "trained in"]
     rows = []
     for entry in summary:
+        trained = sorted({precision_name(trained_amp(r)) for r in results if r.run.setting == entry["setting"]})
         cells = [
             entry["setting"].name, *_setting_cells(entry["setting"], extra_keys), f"{entry['done']}/{entry['runs']}",
             *(_format_mean_sd(*entry["stats"][k]) for k in (*SETTING_METRICS, "rare_AP50", "recall_op", "rare_recall_op")),
+            ", ".join(trained),
         ]
         if entry is best:
             cells = [f"**★ {cells[0]}**", *(f"**{c}**" for c in cells[1:])]
@@ -587,6 +645,26 @@ def build_report(
     lines += _table(header, rows)
     lines += ["", _comparison_line(summary)]
     return "\n".join(lines) + "\n"
+
+
+def trained_amp(result: Result) -> str:
+    """The precision a run trained in: its runtime.json's, else what its setting resolves to here."""
+    return result.amp if result.amp is not None else result.run.setting.amp
+
+
+def precision_summary(results: Sequence[Result]) -> str:
+    """One line on the precision of every arm: shared by all runs, or per setting when the study varies it."""
+    trained = {precision_name(trained_amp(r)) for r in results}
+    evaluated = sorted({precision_name(r.eval_amp) for r in results if r.eval_amp is not None})
+    evaluation = f"evaluated in {' and '.join(evaluated)}" if evaluated else "no evaluation yet"
+    if len(trained) == 1:
+        setting = results[0].run.setting
+        return f"every run trained in {trained.pop()} (train.amp {setting.cfg.train.amp}: {setting.amp_reason}), {evaluation}"
+    arms = {}
+    for r in results:
+        arms.setdefault(r.run.setting.name, set()).add(precision_name(trained_amp(r)))
+    listed = ", ".join(f"{name} {'/'.join(sorted(amps))}" for name, amps in arms.items())
+    return f"**differs between runs** ({listed}; column `precision`), {evaluation}"
 
 
 def _format_mean_sd(mean: float | None, sd: float | None) -> str:
@@ -618,7 +696,8 @@ def write_csv(results: Sequence[Result], path: Path, rare_id: int | None) -> Non
     settings = list(dict.fromkeys(r.run.setting for r in results))
     extra_keys = _extra_keys(settings)
     fields = ["run", "setting", "loss", "gamma", "alpha", *extra_keys, "seed", "status", *RUN_METRICS,
-              "AP50_rarest", "recall_op", "recall_op_rarest", "train_seconds", "skipped_steps", "error", "run_dir"]
+              "AP50_rarest", "recall_op", "recall_op_rarest", "train_amp", "eval_amp", "train_seconds", "skipped_steps",
+              "error", "run_dir"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -634,6 +713,7 @@ def write_csv(results: Sequence[Result], path: Path, rare_id: int | None) -> Non
                 "recall_op_rarest": _or_blank(
                     recall_at_operating_point(r.operating_point, rare_id) if rare_id is not None else None
                 ),
+                "train_amp": trained_amp(r), "eval_amp": r.eval_amp or "",
                 "train_seconds": "" if r.train_seconds is None else round(r.train_seconds, 1),
                 "skipped_steps": "" if r.skipped_steps is None else r.skipped_steps,
                 "error": r.error, "run_dir": str(r.run.dir),
@@ -749,6 +829,9 @@ def run_study(args: argparse.Namespace, command: str, launcher: Launcher = launc
     output_dir.mkdir(parents=True, exist_ok=True)
     setup_file_logging(output_dir / "compare.log")
     log.info("%d settings x %d seeds = %d runs in %s", len(settings), args.seeds, len(runs), output_dir)
+    for setting in settings:
+        log.info("%s: trains in %s (train.amp %s: %s)", setting.name, precision_name(setting.amp),
+                 setting.cfg.train.amp, setting.amp_reason)
 
     envs = {id(run): env for run, env in zip(runs, gpu_envs(child_env(args.jobs), len(runs), args.jobs))}
     results = run_all(runs, lambda run, tag: execute(run, args.config, args.set, envs[id(run)], launcher, tag),
