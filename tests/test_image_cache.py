@@ -291,3 +291,21 @@ def test_a_ram_cache_larger_than_the_memory_is_a_config_error(monkeypatch: pytes
     with pytest.raises(ConfigError, match=r"^data.cache=ram: train.json needs 1.2 GB .* more than the 1.0 GB of memory "
                                           r"available; use data.cache=disk or none$"):
         cache.fill()
+
+
+def test_an_image_damaged_past_its_header_stops_the_fill_with_one_line(large: tuple[Path, Path],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from retinanet.data import image_cache
+    from retinanet.data.validate import DatasetError
+
+    ds = build_dataset(load_config(None, _sets(*large, "input.min_size=[384]", "input.max_size=576", "data.cache=ram")),
+                       "val")
+
+    def broken(path: Path, *args: object) -> np.ndarray:
+        raise OSError("broken data stream when reading image file")
+
+    monkeypatch.setattr(image_cache, "read_frame", broken)
+    path = ds.image_path(0)
+    with pytest.raises(DatasetError, match=rf"^{path}: cannot decode the image \(broken data stream when reading image "
+                                           r"file\); replace the file or remove the image$"):
+        ds.fill_cache()

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from retinanet.config import ConfigError
 from retinanet.data.decode import decode_for_input
+from retinanet.data.validate import DatasetError
 from retinanet.modeling.preprocess import resize_scale, resize_uint8, resized_size
 
 logger = logging.getLogger("retinanet.data")
@@ -159,7 +160,10 @@ class ImageCache:
 
     def _decode(self, index: int) -> np.ndarray:
         im = self.images[index]
-        return read_frame(im.path, im.orig_hw, im.frame_hw, self.min_size, self.max_size)
+        try:
+            return read_frame(im.path, im.orig_hw, im.frame_hw, self.min_size, self.max_size)
+        except OSError as exc:  # damage past the header, which start-up validation cannot see
+            raise DatasetError(f"{im.path}: cannot decode the image ({exc}); replace the file or remove the image") from None
 
     def _build(self, index: int) -> np.ndarray:
         pixels = self._decode(index)
