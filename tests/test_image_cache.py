@@ -288,8 +288,8 @@ def test_a_ram_cache_larger_than_the_memory_is_a_config_error(monkeypatch: pytes
         assert image_cache.available_memory() > 0
     cache = ImageCache("ram", [CachedImage(Path("a.jpg"), (1371, 2048), (512, 765))] * 1000, 512, 768, None, "train.json")
     monkeypatch.setattr(image_cache, "available_memory", lambda: 10**9)
-    with pytest.raises(ConfigError, match=r"^data.cache=ram: train.json needs 1.2 GB .* more than the 1.0 GB of memory "
-                                          r"available; use data.cache=disk or none$"):
+    with pytest.raises(ConfigError, match=r"^data.cache=ram: train.json needs 1.2 GB \(1000 images at up to 765x512\), "
+                                          r"more than the 1.0 GB of memory available; use data.cache=disk or none$"):
         cache.fill()
 
 

@@ -113,12 +113,16 @@ class ImageCache:
 
     # ------------------------------------------------------------------ both modes
 
+    def _images_at(self) -> str:
+        """'N images at up to WxH' (the largest frame)."""
+        height, width = max((im.frame_hw for im in self.images), key=lambda hw: hw[0] * hw[1], default=(0, 0))
+        return f"{len(self.images)} images at up to {width}x{height}"
+
     def describe(self) -> str:
-        """'N images at up to HxW: X MB in RAM (Y MB per 1,000 images at this size)' for the start-up log."""
-        largest = max((im.frame_hw for im in self.images), key=lambda hw: hw[0] * hw[1], default=(0, 0))
+        """'N images at up to WxH: X MB in RAM (Y MB per 1,000 images at this size)' for the start-up log."""
         per_1000 = self.nbytes / max(1, len(self.images)) * 1000
         where = "in RAM" if self.mode == "ram" else f"on disk in {self.folder}"
-        return (f"{len(self.images)} images at up to {largest[1]}x{largest[0]}: {self.nbytes / 1e6:.0f} MB {where} "
+        return (f"{self._images_at()}: {self.nbytes / 1e6:.0f} MB {where} "
                 f"({per_1000 / 1e6:.0f} MB per 1,000 images at this size)")
 
     def fill(self, threads: int | None = None) -> None:
@@ -127,7 +131,7 @@ class ImageCache:
             available = available_memory()
             if available is not None and self.nbytes > available:
                 raise ConfigError(
-                    f"data.cache=ram: {self.name} needs {self.nbytes / 1e9:.1f} GB for {self.describe()}, more than the "
+                    f"data.cache=ram: {self.name} needs {self.nbytes / 1e9:.1f} GB ({self._images_at()}), more than the "
                     f"{available / 1e9:.1f} GB of memory available; use data.cache=disk or none"
                 )
             self._buffer = np.empty(self.nbytes, dtype=np.uint8)
