@@ -223,6 +223,12 @@ class DataConfig:
     # Invalid records (bad boxes, unknown or duplicate ids, unreadable image files): "error" stops
     # at start-up with a report of all of them; "skip" leaves them out and logs a summary.
     on_invalid: Literal["error", "skip"] = "error"
+    # Decoded images kept between epochs, each resized once to the largest size its split asks for:
+    # none (decode every time), ram (filled by the main process at start-up; forked workers share it),
+    # disk (a file per image in cache_dir, checked on every read, rebuilt when damaged or stale).
+    cache: Literal["none", "ram", "disk"] = "none"
+    # Folder of data.cache=disk; empty: $XDG_CACHE_HOME/retinanet, else ~/.cache/retinanet.
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")

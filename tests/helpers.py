@@ -74,3 +74,38 @@ def make_coco(dataset: dict[str, Any]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def make_large_photos(root: Path, count: int = 3) -> tuple[Path, Path]:
+    """data/sample's val photos upscaled to 2048x1371 (1371x2048 portrait) JPEGs, boxes scaled with them.
+
+    The last one is stored turned and carries EXIF orientation 6, as phones write portraits. Returns
+    (image folder, annotations json) of a COCO split whose json sizes are the upright sizes.
+    """
+    import json
+
+    from PIL import Image
+
+    source = json.loads((REPO / "data" / "sample" / "annotations" / "instances_val.json").read_text())
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index, info in enumerate(sorted(source["images"], key=lambda im: im["id"])[:count]):
+        size = (2048, 1371) if info["width"] >= info["height"] else (1371, 2048)
+        sx, sy = size[0] / info["width"], size[1] / info["height"]
+        with Image.open(REPO / "data" / "sample" / "val" / info["file_name"]) as im:
+            upright = im.convert("RGB").resize(size, Image.BILINEAR)
+        if index == count - 1:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # shown turned 90 degrees clockwise
+            upright.transpose(Image.Transpose.ROTATE_90).save(images_dir / info["file_name"], quality=90, exif=exif)
+        else:
+            upright.save(images_dir / info["file_name"], quality=90)
+        images.append({**info, "width": size[0], "height": size[1]})
+        for ann in source["annotations"]:
+            if ann["image_id"] == info["id"]:
+                x, y, w, h = ann["bbox"]
+                annotations.append({**ann, "bbox": [x * sx, y * sy, w * sx, h * sy], "segmentation": []})
+    annotations_file = root / "instances.json"
+    annotations_file.write_text(json.dumps({**source, "images": images, "annotations": annotations}))
+    return images_dir, annotations_file

@@ -108,3 +108,34 @@ def test_every_row_starts_its_timed_train_step_without_gradients() -> None:
     row = study.Row("r", "r", step, lambda: None, lambda: (0, 0), {"compiled": False}, optimizer=optimizer)
     study.run_rows([row], warmup=1, iters=2, device=torch.device("cpu"))
     assert grads_at_start == [False, False, False]
+
+
+def test_loader_row_on_a_configs_data_times_every_mode_per_epoch(tmp_path: Path, capsys) -> None:
+    from tests.helpers import REPO
+
+    sample = REPO / "data" / "sample"
+    out = tmp_path / "loader.json"
+    args = ["--loader-config", str(REPO / "configs" / "sample.yaml"), "--set", "data.num_workers=0",
+            f"data.train.images={sample / 'train'}", f"data.train.annotations={sample / 'annotations' / 'instances_train.json'}",
+            "input.min_size=[96]", "input.max_size=128", "train.batch_size=3", "--json", str(out)]
+    assert benchmark.main(args) == 0
+    result = json.loads(out.read_text())["loader_config"]
+    assert list(result["modes"]) == ["full", "none", "ram", "disk"] and result["images"] == 8
+    for mode, figures in result["modes"].items():
+        assert len(figures["images_per_s"]) == 2 and min(figures["images_per_s"]) > 0, mode
+        assert figures["epoch_images"] == [6, 6]  # 8 images in batches of 3: the 2 left over wait for the next epoch
+        assert ("cache_mb" in figures) == (mode in ("ram", "disk"))
+    assert result["modes"]["ram"]["cache_mb"] == result["modes"]["disk"]["cache_mb"] > 0
+    table = capsys.readouterr().out
+    assert "full decode, no cache (before reduced decoding)" in table and "data.cache=disk" in table
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "data.cache=ram"], "--set changes --loader-config's config"),
+    (["--loader-config", "c.yaml", "--loader-modes", "ram,zip"], "--loader-modes 'ram,zip': choose from"),
+    (["--loader-config", "c.yaml", "--loader-epochs", "0"], "--loader-epochs must be >= 1"),
+])
+def test_loader_flags_are_checked(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -35,7 +35,7 @@ from retinanet.deploy.onnx_detector import OnnxDetector
 from retinanet.deploy.openvino_detector import OpenVinoDetector, resolve_precision
 from retinanet.deploy.openvino_export import read_onnx, save_ir
 from retinanet.modeling.preprocess import prepare_images
-from tests.helpers import REPO, synthetic_overrides
+from tests.helpers import REPO, make_large_photos, synthetic_overrides
 
 DEMO = str(REPO / "configs" / "demo_cpu.yaml")
 CAP = 10  # detections_per_img of the test model: several photos reach it
@@ -254,6 +254,22 @@ def test_predict_model_uses_the_exported_operating_point(run: dict, tmp_path: Pa
     for a, b in zip(sorted(by_model, key=key), sorted(by_ckpt, key=key)):
         assert a["file_name"] == b["file_name"] and a["category_id"] == b["category_id"]
         assert abs(a["score"] - b["score"]) <= 1e-4 and np.allclose(a["bbox"], b["bbox"], atol=2e-2)
+
+
+@pytest.mark.slow
+def test_predict_model_equals_checkpoint_on_a_large_photo(run: dict, tmp_path: Path) -> None:
+    """A 2048x1371 JPEG, read at reduced size by predict.py for both: the same detections from the file and the checkpoint."""
+    folder, _ = make_large_photos(tmp_path / "large", count=7)
+    records = {}
+    for flag, path in (("--model", run["dynamic"]), ("--checkpoint", run["ckpt"])):
+        out = tmp_path / flag.strip("-")
+        assert predict.main([flag, str(path), "--input", str(folder), "--output-dir", str(out), "--score-thresh", "0"]) == 0
+        records[flag] = sorted(json.loads((out / "detections.json").read_text()), key=lambda r: (r["file_name"], -r["score"]))
+    assert len(records["--model"]) == len(records["--checkpoint"]) > 0
+    for a, b in zip(records["--model"], records["--checkpoint"]):
+        assert a["file_name"] == b["file_name"] and a["category_id"] == b["category_id"]
+        assert abs(a["score"] - b["score"]) <= 1e-4 and np.allclose(a["bbox"], b["bbox"], atol=2e-2)
+    assert max(max(r["bbox"][0] + r["bbox"][2] for r in records["--checkpoint"]), 0) > 1000  # boxes in file pixels
 
 
 def _onnx_without_metadata(path: Path) -> Path:

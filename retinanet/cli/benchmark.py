@@ -4,6 +4,8 @@ data-loading and COCO-evaluation time. Prints a table and writes JSON.
     python scripts/benchmark.py [--device cpu|cuda] [--backbone resnet50] [--size 512] [--batch-size 4]
         [--iters 5] [--warmup 1] [--workers 2] [--amp auto|none|bf16] [--compile] [--rows LEVER,...]
         [--loader-batches 20] [--eval-images 300] [--peak-tflops T] [--json FILE] [--profile DIR]
+    python scripts/benchmark.py --loader-config CONFIG [--set KEY=VALUE ...] [--loader-epochs 2]
+        [--loader-modes full,none,ram,disk] [--json FILE]     (the training loader alone, on a config's data)
 
 The rows and how each is set up: `retinanet/studies/benchmark.py`; measured figures: docs/benchmark.md.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from retinanet.cli.common import run_cli
-from retinanet.studies.benchmark import run_benchmark
+from retinanet.studies.benchmark import LOADER_MODES, run_benchmark
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,10 +46,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="after timing, profile one train step and one inference of `ours` and of torchvision_best (eager): "
         "phase times printed, op tables and Chrome traces in DIR",
     )
+    parser.add_argument("--loader-config", type=Path, default=None, metavar="CONFIG",
+                        help="time only the training loader, on this config's data and settings")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides of --loader-config's config, e.g. data.num_workers=0 input.min_size=[512]")
+    parser.add_argument("--loader-epochs", type=int, default=2, help="--loader-config: epochs timed per mode")
+    parser.add_argument("--loader-modes", default="full,none,ram,disk",
+                        help="--loader-config: full (every image decoded in full, no cache) and data.cache none, "
+                        "ram, disk, comma-separated")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be >= 1")
+    if args.set and args.loader_config is None:
+        parser.error("--set changes --loader-config's config; give --loader-config CONFIG")
+    modes = [m.strip() for m in args.loader_modes.split(",") if m.strip()]
+    if not modes or not set(modes) <= set(LOADER_MODES) or len(set(modes)) != len(modes):
+        parser.error(f"--loader-modes {args.loader_modes!r}: choose from {', '.join(LOADER_MODES)}, each once")
+    if args.loader_epochs < 1:
+        parser.error("--loader-epochs must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     # The output folders are created now, so a bad path stops before minutes of timing, not after.

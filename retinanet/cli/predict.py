@@ -28,12 +28,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from retinanet.data.coco import load_image
+from retinanet.data.decode import decode_for_input, load_image, upright_size
 from retinanet.modeling.detector import Detector
 from retinanet.deploy.exported_detector import ExportedDetector
 from retinanet.deploy.load import RUNTIMES, open_model
@@ -117,9 +118,32 @@ def choose_thresholds(
     return values, note
 
 
+@dataclass(frozen=True)
+class CheckpointDetector:
+    """A checkpoint's `Detector` under eval.amp's autocast, with its input sizes as an `ExportedDetector` has them."""
+
+    detector: Detector
+    device: torch.device
+    amp: str
+
+    @property
+    def min_size(self) -> int:
+        return self.detector.min_size
+
+    @property
+    def max_size(self) -> int:
+        return self.detector.max_size
+
+    def __call__(
+        self, images: list[torch.Tensor], orig_sizes: list[tuple[int, int]] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        with autocast(self.device, self.amp):
+            return self.detector(images, orig_sizes)
+
+
 def load_checkpoint_model(
     ckpt_path: Path, device_name: str, overrides: list[str]
-) -> tuple[Callable, list[dict], tuple, str]:
+) -> tuple[CheckpointDetector, list[dict], tuple, str]:
     """The PyTorch Detector (under eval.amp), its categories, where its operating point is, and the precision."""
     ckpt = Checkpoint.load(ckpt_path)
     cfg = ckpt.build_config(f"{ckpt_path} (config)", overrides)
@@ -132,12 +156,7 @@ def load_checkpoint_model(
     print(f"precision {amp} ({why})")
     run_dir = ckpt_path.parent.parent
     source = (lambda: load_report(run_dir), str(run_dir / FILE_NAME), f"no {FILE_NAME} in {run_dir}", ckpt.iteration)
-
-    def detect(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        with autocast(device, amp):
-            return detector(images)
-
-    return detect, ckpt.categories, source, amp
+    return CheckpointDetector(detector, device, amp), ckpt.categories, source, amp
 
 
 def load_exported_model(path: Path, runtime: str | None, precision: str) -> tuple[ExportedDetector, list[dict], tuple]:
@@ -168,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     all_scores: list[float] = []
     per_image: list[int] = []
     for image_id, path in enumerate(list_images(Path(args.input))):
-        image = load_image(path)
-        det = detector([torch.from_numpy(image).permute(2, 0, 1)])[0]  # uint8 (3, H, W): no float round trip
+        # Read as the evaluation loader reads the val split: the same decode for the same resize target.
+        orig_hw = upright_size(path)
+        pixels = decode_for_input(path, orig_hw, detector.min_size, detector.max_size)
+        det = detector([torch.from_numpy(pixels).permute(2, 0, 1)], [orig_hw])[0]  # uint8: no float round trip
+        image = pixels if pixels.shape[:2] == orig_hw else load_image(path)  # drawn at full size
         all_scores += det["scores"].tolist()
         per_image.append(int(det["scores"].numel()))
         keep = keep_mask(det["scores"], det["labels"], thresholds)

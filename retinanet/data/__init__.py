@@ -1,3 +1,3 @@
 """Data: COCO-format datasets (coco, validate), augmentations and resize (transforms), batching
-(collate, sampler, loaders) and the synthetic demo set. Normalization and padding live in
+(collate, sampler, loaders), the synthetic demo set (synthetic) and photo-like set (synthetic_photos). Normalization and padding live in
 `retinanet.modeling.preprocess`, shared with `Detector`."""

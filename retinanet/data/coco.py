@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from retinanet.data.decode import decode_for_input, load_image
+from retinanet.data.image_cache import MODES, CachedImage, ImageCache, frame_size
 from retinanet.data.transforms import to_tensors
 from retinanet.data.validate import (
     DatasetError,
@@ -38,8 +39,11 @@ from retinanet.structures import Target
 
 logger = logging.getLogger("retinanet.data")
 
-# (image uint8 HWC, boxes_xyxy (M,4), labels (M,), iscrowd (M,)) -> (image (3,H,W), boxes_xyxy, labels, iscrowd)
-TransformFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[Tensor, Tensor, Tensor, Tensor]]
+# (image uint8 HWC, boxes_xyxy (M,4) in its pixels, labels (M,), iscrowd (M,), the original (H, W) it stands for)
+#   -> (image (3,H,W), boxes_xyxy, labels, iscrowd)
+TransformFn = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int]], tuple[Tensor, Tensor, Tensor, Tensor]
+]
 
 
 class CategoryMap:
@@ -89,16 +93,6 @@ class CategoryMap:
         return f"CategoryMap(num_classes={self.num_classes}, category_ids={self.category_ids})"
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 (H, W, 3) RGB, upright per its EXIF orientation.
-
-    `convert("RGB")` turns grayscale, RGBA and palette files into three channels.
-    """
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-
-
 @dataclass(frozen=True)
 class _ImageAnnotations:
     """Validated ground truth of one image, in the json image frame."""
@@ -118,6 +112,12 @@ class CocoDetection(Dataset):
     Invalid records (see `data.validate.PROBLEMS`) raise a `DatasetError` listing all of them with
     `on_invalid="error"`; with `"skip"` they are left out (a bad image file takes its annotations
     along) and a summary is logged. `self.coco` holds the cleaned copy, which the evaluator uses.
+
+    `decode_size=(min_size, max_size)`: the largest resize the transforms do. Images are then read by
+    `decode_for_input` (a JPEG at 1/2, 1/4 or 1/8 where that still covers the resize), or, with
+    `cache` "ram" or "disk", from an `ImageCache` at that size; the boxes are mapped into the frame
+    read and the transforms are told the original size, from which their resize computes its output.
+    Without it every image is decoded in full. `Target.orig_size` is always the original (H, W).
     """
 
     def __init__(
@@ -127,12 +127,20 @@ class CocoDetection(Dataset):
         transforms: TransformFn | None = None,
         keep_empty: bool = True,
         on_invalid: str = "error",
+        decode_size: tuple[int, int] | None = None,
+        cache: str = "none",
+        cache_dir: str | Path | None = None,
     ) -> None:
         if on_invalid not in ("error", "skip"):
             raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+        if cache not in MODES or (cache != "none" and decode_size is None):
+            raise ValueError(f"cache must be one of {MODES} (ram and disk need a decode_size), got {cache!r}")
+        if cache == "disk" and cache_dir is None:
+            raise ValueError("cache='disk' needs a cache_dir")
         self.images_dir = Path(images_dir)
         self.annotations_file = Path(annotations_file)
         self.transforms = transforms
+        self.decode_size = None if decode_size is None else (int(decode_size[0]), int(decode_size[1]))
         self.report, self.coco = self._load_valid(on_invalid)
         self.category_map = CategoryMap(self.coco.dataset["categories"])
 
@@ -152,6 +160,15 @@ class CocoDetection(Dataset):
         self.ids: list[int] = ids
         self._annotations = annotations
         self.num_dropped_boxes = num_dropped
+        self.cache: ImageCache | None = None
+        if cache != "none":
+            assert self.decode_size is not None
+            frames = [
+                CachedImage(self.image_path(i), self.orig_size(i), frame_size(self.orig_size(i), *self.decode_size))
+                for i in range(len(ids))
+            ]
+            folder = None if cache_dir is None else Path(cache_dir)
+            self.cache = ImageCache(cache, frames, *self.decode_size, folder, self.annotations_file.name)
 
         if num_dropped:
             logger.warning(
@@ -222,22 +239,49 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
-        image_id = self.ids[index]
-        path = self.images_dir / self.coco.imgs[image_id]["file_name"]
+    def image_path(self, index: int) -> Path:
+        return self.images_dir / self.coco.imgs[self.ids[index]]["file_name"]
+
+    def orig_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of item `index` from the json, which validation checked against the upright file."""
+        info = self.coco.imgs[self.ids[index]]
+        return int(info["height"]), int(info["width"])
+
+    def fill_cache(self) -> None:
+        """Decode every image into the cache now (a loader calls this in the main process, before its workers start)."""
+        if self.cache is not None:
+            self.cache.fill()
+
+    def read_image(self, index: int) -> np.ndarray:
+        """uint8 (h, w, 3) of item `index`: the cache's frame, the reduced decode, or the full image (no decode_size)."""
+        path = self.image_path(index)
         try:
-            image = load_image(path)
+            if self.cache is not None:
+                return self.cache.get(index)
+            if self.decode_size is not None:
+                return decode_for_input(path, self.orig_size(index), *self.decode_size)
+            return load_image(path)
         except OSError as exc:  # damage past the header, which start-up validation cannot see
-            raise DatasetError(f"{path}: cannot decode image {image_id} ({exc}); replace the file or remove the image") from None
+            raise DatasetError(
+                f"{path}: cannot decode image {self.ids[index]} ({exc}); replace the file or remove the image"
+            ) from None
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image = self.read_image(index)
+        orig_hw = self.orig_size(index)
         ann = self._annotations[index]
+        boxes_xyxy = ann.boxes_xyxy
+        if image.shape[:2] != orig_hw:  # json pixels -> the pixels of the frame read
+            scale = np.array([image.shape[1] / orig_hw[1], image.shape[0] / orig_hw[0]] * 2, dtype=np.float32)
+            boxes_xyxy = boxes_xyxy * scale
         transform = self.transforms if self.transforms is not None else to_tensors
-        image_t, boxes_xyxy, labels, iscrowd = transform(image, ann.boxes_xyxy, ann.labels, ann.iscrowd)
+        image_t, boxes_xyxy, labels, iscrowd = transform(image, boxes_xyxy, ann.labels, ann.iscrowd, orig_hw)
         target = Target(
             boxes_xyxy=boxes_xyxy,
             labels=labels,
             iscrowd=iscrowd,
-            image_id=int(image_id),
-            orig_size=(int(image.shape[0]), int(image.shape[1])),
+            image_id=int(self.ids[index]),
+            orig_size=orig_hw,
         )
         return image_t, target
 

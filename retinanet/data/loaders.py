@@ -12,6 +12,7 @@ from retinanet.config import Config, ConfigError, SplitConfig
 
 from retinanet.data.coco import CocoDetection
 from retinanet.data.collate import aspect_ratio_group_ids, collate, seed_worker
+from retinanet.data.image_cache import default_cache_dir
 from retinanet.data.sampler import (
     SeededDataset,
     TrainBatchSampler,
@@ -46,12 +47,17 @@ def build_dataset(cfg: Config, split: str, source: str = "config") -> CocoDetect
         )
     except ValueError as exc:
         raise ConfigError(f"{source}: data.augmentations: {exc}") from None
+    # The largest resize the split asks for: reduced decoding and the cache keep images at least this large.
+    decode_size = (max(cfg.input.min_size) if train else cfg.input.test_min_size, cfg.input.max_size)
     return CocoDetection(
         paths.images,
         paths.annotations,
         transforms,
         keep_empty=cfg.data.keep_empty or not train,
         on_invalid=cfg.data.on_invalid,
+        decode_size=decode_size,
+        cache=cfg.data.cache,
+        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(),
     )
 
 
@@ -66,6 +72,7 @@ def build_train_loader(
     """
     if cfg.train.batch_size % world_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by world_size={world_size}")
+    dataset.fill_cache()  # here, before the workers fork: they share what the main process decoded
     groups = aspect_ratio_group_ids(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
     sampler = TrainBatchSampler(
         len(dataset), cfg.train.batch_size // world_size, cfg.train.seed, groups, start_batch=start_batch, rank=rank,
@@ -107,6 +114,7 @@ def build_val_loader(
     """Batches in dataset order over this rank's contiguous shard; the shards in rank order are the dataset.
 
     `pin_memory` as in `build_train_loader`."""
+    dataset.fill_cache()
     shard = -(-len(dataset) // world_size)
     return DataLoader(
         dataset if world_size == 1 else Subset(dataset, range(rank * shard, min(len(dataset), (rank + 1) * shard))),

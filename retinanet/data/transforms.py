@@ -30,6 +30,11 @@ class ResizeShortSide(A.DualTransform):
     With several `min_sizes` one is drawn uniformly per image (scale jitter) from the pipeline's RNG.
     The output size is `resized_size` and the pixels come from `resize_uint8` (floor, as torchvision's interpolate), the
     functions `retinanet.Detector` uses, so evaluation and the Detector see the same pixels; boxes scale by new_w / w and new_h / h.
+
+    The output size is computed in original pixels: when the pipeline started from a reduced or
+    cached frame of the image, the call passes `frame_scale` (original pixels per frame pixel, (y, x)),
+    and the image's current size is first scaled back by it. A pipeline that leaves the size alone
+    thus resizes every frame of an image to the size the full image would get.
     """
 
     def __init__(self, min_sizes: Sequence[int], max_size: int, p: float = 1.0) -> None:
@@ -41,6 +46,9 @@ class ResizeShortSide(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
+        frame_scale = data.get("frame_scale")
+        if frame_scale is not None:
+            height, width = round(height * frame_scale[0]), round(width * frame_scale[1])
         min_size = self.min_sizes[0] if len(self.min_sizes) == 1 else self.py_random.choice(self.min_sizes)
         return {"out_hw": resized_size(height, width, min_size, self.max_size)}
 
@@ -59,9 +67,10 @@ class ResizeShortSide(A.DualTransform):
 
 
 def to_tensors(
-    image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray
+    image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray,
+    orig_hw: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """uint8 (H, W, 3) + numpy targets -> float (3, H, W) in [0, 1] and new float32 / int64 / bool tensors."""
+    """uint8 (H, W, 3) + numpy targets -> float (3, H, W) in [0, 1] and new float32 / int64 / bool tensors (no resize)."""
     return (
         to_float_chw(image),
         torch.tensor(np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)),
@@ -121,14 +130,20 @@ class DetectionTransform:
         self._seed = torch.initial_seed()
 
     def __call__(
-        self, image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray
+        self, image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray,
+        orig_hw: tuple[int, int] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`orig_hw`: the original (H, W) that `image` (a reduced or cached frame, boxes in its pixels) stands for."""
         self._sync_seed()
+        frame = {}
+        if orig_hw is not None and tuple(image.shape[:2]) != tuple(orig_hw):
+            frame["frame_scale"] = (orig_hw[0] / image.shape[0], orig_hw[1] / image.shape[1])
         out = self.compose(
             image=image,
             bboxes=np.array(boxes_xyxy, dtype=np.float32).reshape(-1, 4),
             labels=np.array(labels, dtype=np.int64).reshape(-1),
             iscrowd=np.array(iscrowd, dtype=bool).reshape(-1),
+            **frame,
         )
         return to_tensors(out["image"], out["bboxes"], out["labels"], out["iscrowd"])
 

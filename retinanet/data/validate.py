@@ -24,10 +24,11 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from retinanet.data.decode import EXIF_ORIENTATION
+
 FIX_HINT = "fix the records or set data.on_invalid=skip"
 REQUIRED_KEYS = ("images", "annotations", "categories")
 MAX_EXAMPLES = 3
-EXIF_ORIENTATION = 0x0112
 JPEG_END = b"\xff\xd9"  # EOI; byte stuffing keeps it out of the entropy-coded data
 JPEG_TAIL_BYTES = 4096
 

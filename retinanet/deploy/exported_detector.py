@@ -72,18 +72,23 @@ class ExportedDetector:
     def num_classes(self) -> int:
         return len(self.categories)
 
-    def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+    def preprocess(
+        self, images: Sequence[Tensor], orig_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[Tensor, list[tuple[int, int]]]:
         """Resize, normalize and pad with the file's settings: (N, 3, H, W) batch and each resized (H, W)."""
-        return prepare_images(images, self.min_size, self.max_size, self.size_divisible, self.mean, self.std)
+        return prepare_images(images, self.min_size, self.max_size, self.size_divisible, self.mean, self.std, orig_sizes)
 
-    def __call__(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+    def __call__(
+        self, images: Sequence[Tensor], orig_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[dict[str, Tensor]]:
+        """`orig_sizes` as in `Detector`: the sizes of the files that images decoded smaller stand for."""
         for im in images:
             if im.dim() != 3 or im.shape[0] != 3 or not (im.is_floating_point() or im.dtype == torch.uint8):
                 raise RunFileError(f"{self.path}: expects (3, H, W) images, float in [0, 1] or uint8, got "
                                    f"{tuple(im.shape)} {im.dtype}; convert the image to RGB CHW")
-        batch, sizes = self.preprocess(images)
-        orig = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        return [d.as_dict() for d in self.detect_prepared(batch, sizes, orig)]
+        batch, sizes = self.preprocess(images, orig_sizes)
+        orig = orig_sizes or [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        return [d.as_dict() for d in self.detect_prepared(batch, sizes, [tuple(hw) for hw in orig])]
 
     def run(self, batch: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """The raw graph outputs (boxes, scores, labels, num_detections) for a prepared batch.

@@ -19,6 +19,10 @@ class Detector(nn.Module):
     dict per image with `boxes` (xyxy, input-image pixels), `scores` and `labels` (contiguous 0..K-1),
     like a torchvision detector in eval mode. Inputs are prepared by `prepare_images`, the code the
     evaluation loader uses: the same image gives the same network input, so the same detections.
+
+    `detector(images, orig_sizes)`: images decoded smaller than their files (`data.decode.decode_for_input`,
+    as scripts/predict.py and the evaluation loader read them); the resize and the boxes are in the
+    original sizes given.
     """
 
     def __init__(
@@ -50,12 +54,16 @@ class Detector(nn.Module):
             size_divisible=cfg.input.size_divisible,
         )
 
-    def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+    def preprocess(
+        self, images: Sequence[Tensor], orig_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[Tensor, list[tuple[int, int]]]:
         """Resize, normalize and pad: (N, 3, H, W) batch and each resized (H, W)."""
-        return prepare_images(images, self.min_size, self.max_size, self.size_divisible, self.mean, self.std)
+        return prepare_images(images, self.min_size, self.max_size, self.size_divisible, self.mean, self.std, orig_sizes)
 
     @torch.no_grad()
-    def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+    def forward(
+        self, images: Sequence[Tensor], orig_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[dict[str, Tensor]]:
         for im in images:
             if im.dim() != 3 or im.shape[0] != 3 or not (im.is_floating_point() or im.dtype == torch.uint8):
                 raise ValueError(
@@ -64,10 +72,10 @@ class Detector(nn.Module):
         was_training = self.model.training
         self.model.eval()
         try:
-            batch, sizes = self.preprocess(images)
+            batch, sizes = self.preprocess(images, orig_sizes)
             batch = batch.to(next(self.model.parameters()).device)
             outputs = self.model(batch)
-            orig = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-            return [d.as_dict() for d in self.postprocess(outputs, sizes, orig)]
+            orig = orig_sizes or [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+            return [d.as_dict() for d in self.postprocess(outputs, sizes, [tuple(hw) for hw in orig])]
         finally:
             self.model.train(was_training)

@@ -104,15 +104,19 @@ def prepare_images(
     size_divisible: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    orig_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[Tensor, list[tuple[int, int]]]:
     """Original (3, H, W) images (float in [0, 1] or uint8) -> network input batch and each resized (H, W).
 
     The inference side of the one input path: the same resize, float conversion, normalization and
-    padding as the evaluation loader, so `Detector` sees what evaluation measured.
+    padding as the evaluation loader, so `Detector` sees what evaluation measured. `orig_sizes`: the
+    (H, W) each image stands for when it was decoded smaller (`data.decode`); the resize target is
+    computed from it, as the evaluation loader computes it from the json's size.
     """
     resized = []
-    for image in images:
+    for index, image in enumerate(images):
         pixels = to_uint8_hwc(image)
-        out_hw = resized_size(pixels.shape[0], pixels.shape[1], min_size, max_size)
+        height, width = orig_sizes[index] if orig_sizes is not None else pixels.shape[:2]
+        out_hw = resized_size(height, width, min_size, max_size)
         resized.append(to_float_chw(resize_uint8(pixels, out_hw)))
     return prepare_batch(resized, size_divisible, mean, std)

@@ -43,6 +43,12 @@ what the step allocates).
 
 `loader`: images/s of `data.loaders.build_train_loader` with `--workers` workers over a synthetic
 set at size x size (PNG decode, flip, resize, normalize, pad), from the first batch to the last.
+With `--loader-config CONFIG [--set KEY=VALUE ...]` the benchmark times only the loader, on that
+config's training data and settings (sizes, augmentations, workers, batch), for `--loader-epochs`
+epochs in each of `--loader-modes`: `full` decodes every image in full (the loader before reduced
+decoding), `none`, `ram` and `disk` are `data.cache` (disk in a new temporary folder, so the first
+epoch builds it). Epoch 1 counts from building the loader (the cache's fill, the workers' start) to
+its last batch; the modes take turns epoch by epoch, so load from other processes spreads over all.
 `coco_eval`: seconds for `CocoEvaluator` update + compute on 100 generated detections per image
 of a synthetic val set, per backend (pycocotools, faster-coco-eval when installed).
 
@@ -69,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torchvision
@@ -87,7 +94,7 @@ from retinanet.structures import Batch
 from retinanet.data.loaders import build_dataset, build_train_loader
 from retinanet.data.synthetic import make_dataset
 from retinanet.modeling.compat import load_torchvision_state_dict
-from retinanet.config import Config, ConfigError, load_config
+from retinanet.config import Config, ConfigError, load_config, replace
 from retinanet.engine.runtime import autocast, compile_model, place_model, resolve_amp
 from retinanet.engine.optim import build_optimizer
 from retinanet.engine.profiling import PREDICT_PHASES, TRAIN_PHASES, phase, profile_call
@@ -511,6 +518,85 @@ def bench_loader(args: argparse.Namespace, root: Path, backbone_weights: Path) -
     }
 
 
+LOADER_MODES = ("full", "none", "ram", "disk")
+LOADER_LABELS = {"full": "full decode, no cache (before reduced decoding)", "none": "data.cache=none (reduced decode)",
+                 "ram": "data.cache=ram", "disk": "data.cache=disk"}
+
+
+def bench_loader_config(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Images/s of the training loader on a config's data, per epoch, for each loader mode, epochs taking turns."""
+    cfg = load_config(args.loader_config, args.set)
+    source = str(args.loader_config)
+    modes = [m.strip() for m in args.loader_modes.split(",") if m.strip()]
+    loaders, figures = {}, {}
+    for mode in modes:
+        mode_cfg = replace(cfg, **{"data.cache": "none" if mode == "full" else mode,
+                                   "data.cache_dir": str(tmp / f"cache_{mode}")})
+        dataset = build_dataset(mode_cfg, "train", source)
+        if mode == "full":
+            dataset.decode_size = None  # every image decoded in full, as before reduced decoding
+        loaders[mode] = (mode_cfg, dataset)
+        figures[mode] = {"label": LOADER_LABELS[mode], "epoch_s": [], "epoch_images": [], "images_per_s": []}
+    iterators: dict[str, Any] = {}
+    for epoch in range(args.loader_epochs):
+        for mode in modes:
+            mode_cfg, dataset = loaders[mode]
+            start = time.perf_counter()
+            if epoch == 0:
+                loader = build_train_loader(mode_cfg, dataset)
+                iterators[mode] = (loader, iter(loader))
+            loader, batches = iterators[mode]
+            images = 0
+            for _ in range(len(loader.batch_sampler.epoch_batches(epoch))):
+                images += len(next(batches).targets)
+            seconds = time.perf_counter() - start
+            fig = figures[mode]
+            fig["epoch_s"].append(seconds)
+            fig["epoch_images"].append(images)
+            fig["images_per_s"].append(images / seconds)
+            if dataset.cache is not None:
+                fig["cache_mb"] = dataset.cache.nbytes / 1e6
+                fig["cache_mb_per_1000_images"] = dataset.cache.nbytes / len(dataset) * 1000 / 1e6
+            print(f"loader {mode} epoch {epoch + 1}: {images / seconds:.1f} img/s", file=sys.stderr, flush=True)
+    del iterators
+    return {
+        "config": source, "overrides": list(args.set), "images": len(loaders[modes[0]][1]),
+        "batch_size": cfg.train.batch_size, "workers": cfg.data.num_workers,
+        "min_size": list(cfg.input.min_size), "max_size": cfg.input.max_size, "modes": figures,
+    }
+
+
+def format_loader_table(result: dict[str, Any]) -> str:
+    epochs = len(next(iter(result["modes"].values()))["images_per_s"])
+    lines = [f"training loader on {result['config']} {' '.join(result['overrides'])}: {result['images']} images, "
+             f"batch {result['batch_size']}, {result['workers']} workers, min_size {result['min_size']}, "
+             f"max_size {result['max_size']}; images/s",
+             f"{'mode':<50}" + "".join(f"{f'epoch {e + 1}':>10}" for e in range(epochs)) + f"{'cache MB':>10}"]
+    for fig in result["modes"].values():
+        cache = f"{fig['cache_mb']:.0f}" if "cache_mb" in fig else "-"
+        lines.append(f"{fig['label']:<50}" + "".join(f"{v:>10.1f}" for v in fig["images_per_s"]) + f"{cache:>10}")
+    return "\n".join(lines)
+
+
+def loader_environment() -> dict[str, Any]:
+    return {"device_name": cpu_name(), "torch": torch.__version__, "opencv": cv2.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average_1m_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def run_loader_benchmark(args: argparse.Namespace) -> int:
+    """--loader-config: the loader alone, on a config's data; prints the table and writes the JSON."""
+    report: dict[str, Any] = {"environment": loader_environment()}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        report["loader_config"] = bench_loader_config(args, Path(tmp_dir))
+    report["environment"]["load_average_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(format_loader_table(report["loader_config"]))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"figures: {args.json}")
+    return 0
+
+
 def fake_results(coco: Any, per_image: int = 100, seed: int = 0) -> list[dict[str, Any]]:
     """`per_image` detections per image: a jittered copy of every ground-truth box, the rest random."""
     rng = np.random.default_rng(seed)
@@ -634,6 +720,8 @@ def format_table(report: dict[str, Any], names: list[str], device: torch.device)
 
 def run_benchmark(args: argparse.Namespace) -> int:
     """Every row on the same weights and images, interleaved; prints the table and writes the JSON."""
+    if args.loader_config is not None:
+        return run_loader_benchmark(args)
     device = torch.device(args.device)
     amp = recommended_amp(device, args.amp)
     ours_name = next(name for name, a, cl in LEVER_ROWS if a == amp and cl)
