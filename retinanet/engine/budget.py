@@ -41,8 +41,15 @@ WARM_STEPS = 2
 CALIBRATION_STEPS = 5
 # Step times are averaged over the last STEP_WINDOW steps, the slowest TRIM of them left out (a
 # recompile or a hiccup of the machine is not the speed of the run).
-STEP_WINDOW = 50
+STEP_WINDOW = 100
 TRIM = 0.1
+# A projected drift within NOISE_SE standard errors of the mean step (times the steps left) is noise: steps
+# that scatter around a steady speed do not re-plan the run again and again.
+NOISE_SE = 3.0
+# When the last RECENT_STEPS steps stand out from the window (the speed changed), a re-plan takes their
+# speed and they become the window: the steps before the change would otherwise pull the estimate back
+# and re-plan the run again at every step while the window fills.
+RECENT_STEPS = 10
 # The plan ends MARGIN before the deadline (at least MIN_MARGIN_S): what no measurement foresees.
 MARGIN = 0.03
 MIN_MARGIN_S = 3.0
@@ -256,11 +263,36 @@ class Budget:
 
     def step_seconds(self) -> float | None:
         """The recent step time: the mean of the last STEP_WINDOW measured steps, the slowest TRIM left out."""
-        if len(self.step_times) < CALIBRATION_STEPS:
+        kept = self._kept_steps()
+        return sum(kept) / len(kept) if kept else None
+
+    def step_error(self) -> float:
+        """The standard error of step_seconds(): how far the mean may be off by the steps' scatter alone."""
+        kept = self._kept_steps()
+        if len(kept) < 2:
+            return 0.0
+        mean = sum(kept) / len(kept)
+        return math.sqrt(sum((t - mean) ** 2 for t in kept) / (len(kept) - 1) / len(kept))
+
+    def _changed_speed(self) -> float | None:
+        """The mean of the last RECENT_STEPS steps when it stands out from the window's mean by more than its
+        noise (the speed changed), after which those steps are the window; None when it does not."""
+        recent = list(self.step_times)[-RECENT_STEPS:]
+        mean = self.step_seconds()
+        if len(recent) < RECENT_STEPS or mean is None:
             return None
+        recent_mean = sum(recent) / len(recent)
+        spread = math.sqrt(sum((t - recent_mean) ** 2 for t in recent) / (len(recent) - 1) / len(recent))
+        if abs(recent_mean - mean) <= NOISE_SE * spread:
+            return None
+        self.step_times = deque(recent, maxlen=STEP_WINDOW)
+        return self.step_seconds()
+
+    def _kept_steps(self) -> list[float]:
+        if len(self.step_times) < CALIBRATION_STEPS:
+            return []
         times = sorted(self.step_times)
-        kept = times[: max(1, len(times) - int(TRIM * len(times)))]
-        return sum(kept) / len(kept)
+        return times[: max(1, len(times) - int(TRIM * len(times)))]
 
     # ------------------------------------------------------------------ planning
 
@@ -357,12 +389,14 @@ class Budget:
         est.step = step
         projected = self.clock() + self.remaining_seconds(plan, it, step)
         target = self.deadline - self.margin
-        late = projected - target > LATE_TOLERANCE * self.seconds
-        early = target - projected > EARLY_TOLERANCE * self.seconds and plan.end_iter < self.cfg.max_iters
+        noise = NOISE_SE * self.step_error() * (plan.end_iter - it)
+        late = projected - target > max(LATE_TOLERANCE * self.seconds, noise)
+        early = target - projected > max(EARLY_TOLERANCE * self.seconds, noise) and plan.end_iter < self.cfg.max_iters
         resumed = not self.checked_since_resume
         self.checked_since_resume = True
         if not (late or early):
             return None
+        step = est.step = self._changed_speed() or step
         new, _, _ = self._fit(plan, it, step)
         if new.end_iter == plan.end_iter:
             return None
