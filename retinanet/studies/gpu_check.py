@@ -268,7 +268,7 @@ def check_evaluate(ctx: Context) -> str:
     cli(ctx, "evaluate", ["--config", str(DEMO_CONFIG), "--checkpoint", str(run / "checkpoints" / "last.pt"),
                           "--output-dir", str(run / "eval"), "--set", *run_overrides(ctx)])
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    return f"AP {metrics['AP']:.4f} (3 iterations: only that it runs)"
+    return f"AP {100 * metrics['AP']:.1f} % (3 iterations: only that it runs)"
 
 
 def check_predict(ctx: Context) -> str:
