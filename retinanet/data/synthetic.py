@@ -170,15 +170,15 @@ def _write_split(output_dir: Path, split: str, seed: int, num_images: int, image
     os.replace(tmp_path, ann_path)  # the json is written last and atomically: its presence marks a complete split
 
 
-def _is_complete(output_dir: Path, split: str, seed: int, num_images: int, image_size: int) -> bool:
-    ann_path = output_dir / "annotations" / f"instances_{split}.json"
+def split_is_complete(annotations: Path, images: Path, params: dict[str, Any]) -> bool:
+    """A split written whole (its json comes last) by the generator with these parameters."""
     try:
-        dataset = json.loads(ann_path.read_text())
+        dataset = json.loads(annotations.read_text())
     except (OSError, ValueError):
         return False
-    if dataset.get("info", {}).get("generator") != _params(seed, num_images, image_size):
+    if dataset.get("info", {}).get("generator") != params:
         return False
-    return all((output_dir / split / im["file_name"]).is_file() for im in dataset["images"])
+    return all((images / im["file_name"]).is_file() for im in dataset["images"])
 
 
 def make_dataset(
@@ -194,5 +194,6 @@ def make_dataset(
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     output_dir = Path(output_dir)
     for split, num_images in zip(SPLITS, (num_train, num_val)):
-        if force or not _is_complete(output_dir, split, seed, num_images, image_size):
+        if force or not split_is_complete(output_dir / "annotations" / f"instances_{split}.json", output_dir / split,
+                                          _params(seed, num_images, image_size)):
             _write_split(output_dir, split, seed, num_images, image_size)

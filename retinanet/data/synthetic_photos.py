@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from retinanet.data.synthetic import split_is_complete
 from retinanet.fileio import write_text_atomic
 
 # (name, probability per object, pair). The two classes of a pair share a hue: only the shape differs.
@@ -371,16 +372,6 @@ def _write_split(output_dir: Path, split: str, seed: int, num_images: int, size:
     write_text_atomic(split_dir / ANNOTATIONS_FILE, json.dumps(dataset, indent=1))  # last: marks a whole split
 
 
-def _is_complete(output_dir: Path, split: str, seed: int, num_images: int, size: tuple[int, int]) -> bool:
-    try:
-        dataset = json.loads((output_dir / split / ANNOTATIONS_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if dataset.get("info", {}).get("generator") != _params(seed, num_images, size):
-        return False
-    return all((output_dir / split / im["file_name"]).is_file() for im in dataset["images"])
-
-
 def make_photos_dataset(
     output_dir: str | Path,
     seed: int = 0,
@@ -396,5 +387,6 @@ def make_photos_dataset(
         raise ValueError(f"image size must be at least 64x64, got {width}x{height}")
     output_dir = Path(output_dir)
     for split, num_images in zip(SPLITS, (num_train, num_valid, num_test)):
-        if force or not _is_complete(output_dir, split, seed, num_images, (width, height)):
+        if force or not split_is_complete(output_dir / split / ANNOTATIONS_FILE, output_dir / split,
+                                          _params(seed, num_images, (width, height))):
             _write_split(output_dir, split, seed, num_images, (width, height))
