@@ -91,13 +91,14 @@ def test_the_first_plan_from_measured_times() -> None:
     # Target: 900 - margin 27 (3%). Left for steps: 900 - 27 - 13.5 - 4 evaluations x 6 - 2 checkpoints x 0.4
     # - finish 5 = 829.7 s = 1659 steps of 0.5 s: the run ends at 7 + 1659 = 1666.
     assert plan.end_iter == 1666 and (plan.start_iter, plan.start_pos) == (7, 7.0)
-    # The config's 4 evaluations (10000 / 2500) and 2 checkpoints spread over positions 7..10000.
-    assert plan.eval_period == pytest.approx((10000 - 7) / 4) and plan.checkpoint_period == pytest.approx((10000 - 7) / 2)
-    assert [i for i in range(7, 1667) if plan.eval_due(i)] == [422, 837, 1252, 1666]  # 7 + ceil(k x 1659 / 4)
-    assert [i for i in range(7, 1667) if plan.checkpoint_due(i)] == [837, 1666]
+    # The config's 4 evaluations (every 2500 of 10000) and 2 checkpoints stay at their places in the schedule;
+    # positions 7..10000 map onto iterations 7..1666, so position p falls at 7 + ceil((p - 7) x 1659 / 9993).
+    assert (plan.eval_period, plan.eval_from, plan.checkpoint_period, plan.checkpoint_from) == (2500, 0, 5000, 0)
+    assert [i for i in range(7, 1667) if plan.eval_due(i)] == [421, 836, 1251, 1666]
+    assert [i for i in range(7, 1667) if plan.checkpoint_due(i)] == [836, 1666]
     assert plan.ema_warmup == pytest.approx(2000 * 1666 / 10000)
     entry = budget.record(plan, it, reason)
-    assert entry["eval_at"] == [422, 837, 1252, 1666] and entry["ends_at_s"] == pytest.approx(13.5 + 1659 * 0.5 + 4 * 6 + 2 * 0.4 + 5)
+    assert entry["eval_at"] == [421, 836, 1251, 1666] and entry["ends_at_s"] == pytest.approx(13.5 + 1659 * 0.5 + 4 * 6 + 2 * 0.4 + 5)
     line = budget.describe(entry)
     assert line.startswith("plan (initial): 1666 iterations, ending at 14m33s of the 15m budget") and "warm-up 100" in line
     # The lr follows the plan: the warm-up as written, the cosine reaching 0 at the last iteration.
@@ -320,3 +321,18 @@ def test_a_steady_but_noisy_speed_does_not_re_plan_again_and_again() -> None:
     end, last, plans, lrs = _simulate(_cfg(), 900.0, lambda it: times[it])
     assert len(plans) <= 3, [(it, p.end_iter, reason) for it, p, reason in plans]
     assert 0.95 * 900 <= end <= 900 and lrs[-1] < 0.01
+
+
+def test_a_re_plan_keeps_the_evaluations_where_they_were_in_the_schedule() -> None:
+    """A slow-down moves the end, not the cadence: the config's 4 evaluations (every 2500 of 10000) all
+    happen, at the same schedule positions, instead of being pushed on by each re-plan."""
+    seen: set[int] = set()
+
+    def eval_s(n: int) -> float:
+        seen.add(n)
+        return 6.0
+
+    end, last, plans, _ = _simulate(_cfg(), 900.0, lambda it: 0.5 if it < 300 else 0.8, eval_s=eval_s)
+    assert [reason for _, _, reason in plans][:2] == ["initial", "slower"]
+    assert all((p.eval_period, p.eval_from) == (2500, 0) for _, p, _ in plans)
+    assert seen - {0} == {1, 2, 3, 4} and end <= 900

@@ -97,8 +97,9 @@ class Plan:
     evaluate and to save. Without a budget it is the config as written (`Plan.from_config`).
 
     Positions run from 0 to max_iters; this segment maps iterations start_iter..end_iter onto positions
-    start_pos..max_iters. Evaluations fall every eval_period positions counted from start_pos (0: only
-    the final one), checkpoints every checkpoint_period.
+    start_pos..max_iters. Evaluations fall every eval_period positions counted from eval_from (0: only
+    the final one), checkpoints every checkpoint_period from checkpoint_from: a re-plan that keeps the
+    cadence keeps them at the same places in the schedule.
     """
 
     end_iter: int
@@ -108,6 +109,8 @@ class Plan:
     eval_period: float = 0.0
     checkpoint_period: float = 0.0
     ema_warmup: float = 0.0
+    eval_from: float = 0.0
+    checkpoint_from: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> "Plan":
@@ -117,36 +120,37 @@ class Plan:
     def position(self, it: int) -> float:
         return schedule_position(it, self.start_iter, self.start_pos, self.end_iter, self.max_iters)
 
-    def _crossed(self, it: int, period: float) -> bool:
-        """Whether a multiple of `period` (counted from start_pos) lies in (position(it - 1), position(it)]."""
+    def _crossed(self, it: int, period: float, origin: float) -> bool:
+        """Whether a multiple of `period` (counted from `origin`) lies in (position(it - 1), position(it)]."""
         if period <= 0:
             return False
-        before = max(0.0, self.position(it - 1) - self.start_pos)  # the segment's start is no multiple to cross
-        return math.floor((self.position(it) - self.start_pos) / period) > math.floor(before / period)
+        # the segment's start is no multiple to cross: it was the last iteration of the segment before
+        before = max(0.0, max(self.position(it - 1), self.start_pos) - origin)
+        return math.floor((self.position(it) - origin) / period + 1e-9) > math.floor(before / period + 1e-9)
 
     def eval_due(self, it: int) -> bool:
         """An evaluation after iteration `it` (the final one is the caller's: it == end_iter)."""
-        return self._crossed(it, self.eval_period)
+        return self._crossed(it, self.eval_period, self.eval_from)
 
     def checkpoint_due(self, it: int) -> bool:
-        return self._crossed(it, self.checkpoint_period)
+        return self._crossed(it, self.checkpoint_period, self.checkpoint_from)
 
-    def _left(self, it: int, period: float) -> int:
+    def _left(self, it: int, period: float, origin: float) -> int:
         """Evaluations (or checkpoints) after iteration `it`, the final one included."""
         if it >= self.end_iter:
             return 0
         if period <= 0:
             return 1
-        total = (self.max_iters - self.start_pos) / period
+        total = (self.max_iters - origin) / period
         whole = math.floor(total + 1e-6)
-        done = math.floor((self.position(it) - self.start_pos) / period + 1e-9)
+        done = math.floor((self.position(it) - origin) / period + 1e-9)
         return whole - done + (0 if abs(total - whole) < 1e-6 else 1)
 
     def evals_left(self, it: int) -> int:
-        return self._left(it, self.eval_period)
+        return self._left(it, self.eval_period, self.eval_from)
 
     def checkpoints_left(self, it: int) -> int:
-        return self._left(it, self.checkpoint_period)
+        return self._left(it, self.checkpoint_period, self.checkpoint_from)
 
     def iteration_at(self, position: float) -> int:
         """The first iteration whose position reaches `position` (for the log: where milestones fall)."""
@@ -155,18 +159,20 @@ class Plan:
         share = (position - self.start_pos) / (self.max_iters - self.start_pos)
         return self.start_iter + math.ceil(share * (self.end_iter - self.start_iter) - 1e-9)
 
-    def _marks(self, period: float) -> list[int]:
+    def _marks(self, period: float, origin: float) -> list[int]:
+        """The iterations of this segment at which the multiples of `period` from `origin` fall, and the last."""
         if period <= 0:
             return [self.end_iter]
-        count = math.floor((self.max_iters - self.start_pos) / period + 1e-6)
-        marks = [self.iteration_at(self.start_pos + k * period) for k in range(1, count + 1)]
+        count = math.floor((self.max_iters - origin) / period + 1e-6)
+        marks = [self.iteration_at(origin + k * period) for k in range(1, count + 1)
+                 if origin + k * period > self.start_pos + 1e-9]
         return sorted({*marks, self.end_iter})
 
     def eval_iterations(self) -> list[int]:
-        return self._marks(self.eval_period)
+        return self._marks(self.eval_period, self.eval_from)
 
     def checkpoint_iterations(self) -> list[int]:
-        return self._marks(self.checkpoint_period)
+        return self._marks(self.checkpoint_period, self.checkpoint_from)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -320,14 +326,23 @@ class Budget:
         """The plan from `it` whose projected end is the target (deadline less the margin)."""
         cfg, est = self.cfg, self.estimates
         evals, checkpoints = self._counts(plan, it)
-        spare = self.deadline - self.margin - self.clock() - evals * est.eval - checkpoints * est.checkpoint - est.finish
-        end = min(cfg.max_iters, it + max(1, math.floor(spare / step)))
         start_pos = plan.position(it)
         rest = cfg.max_iters - start_pos
+        # The cadence so far stands while the budget affords it, so a re-plan keeps the evaluations and
+        # checkpoints where they were in the schedule; otherwise fewer, spread over what is left.
+        eval_period, eval_from = (rest / evals, start_pos) if evals else (0.0, start_pos)
+        if evals and plan.eval_period > 0 and plan.evals_left(it) <= evals:
+            evals, eval_period, eval_from = plan.evals_left(it), plan.eval_period, plan.eval_from
+        checkpoint_period, checkpoint_from = rest / checkpoints, start_pos
+        if plan.checkpoint_period > 0:
+            checkpoints, checkpoint_period, checkpoint_from = (plan.checkpoints_left(it), plan.checkpoint_period,
+                                                               plan.checkpoint_from)
+        spare = self.deadline - self.margin - self.clock() - evals * est.eval - checkpoints * est.checkpoint - est.finish
+        end = min(cfg.max_iters, it + max(1, math.floor(spare / step)))
         new = Plan(
             end_iter=end, max_iters=cfg.max_iters, start_iter=it, start_pos=start_pos,
-            eval_period=rest / evals if evals else 0.0, checkpoint_period=rest / checkpoints,
-            ema_warmup=cfg.ema_warmup * max(1, end) / cfg.max_iters,
+            eval_period=eval_period, checkpoint_period=checkpoint_period,
+            ema_warmup=cfg.ema_warmup * max(1, end) / cfg.max_iters, eval_from=eval_from, checkpoint_from=checkpoint_from,
         )
         if end == cfg.max_iters and start_pos == it:  # time to spare: the config's schedule as written
             new = Plan.from_config(cfg)
