@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from retinanet.engine import budget as budget_module
 from retinanet.engine import trainer as trainer_module
 from retinanet.engine.budget import Budget, BudgetError, Plan, format_duration
 from retinanet.engine.optim import LRFactor
-from tests.helpers import run_train, synthetic_overrides
+from retinanet.cli import train as train_cli
+from tests.helpers import REPO, run_train, synthetic_overrides
 
 
 class FakeClock:
@@ -249,6 +251,14 @@ def fake_run(monkeypatch) -> FakeClock:
     return clock
 
 
+def run_command(monkeypatch: pytest.MonkeyPatch, out: Path, overrides: list[str], resume: bool = False) -> int:
+    """train.py as its own process runs it (the command line in sys.argv), so the budget counts the process's
+    start-up (the fake 3 s of imports)."""
+    args = ["train.py", "--config", str(REPO / "configs" / "demo_cpu.yaml"), "--output-dir", str(out), "--set", *overrides]
+    monkeypatch.setattr(sys, "argv", args + (["--resume"] if resume else []))
+    return train_cli.main()
+
+
 BUDGET_SETS = ["train.max_iters=1000", "train.time_budget=2m", "train.eval_every=500", "train.checkpoint_every=500",
                "train.warmup_iters=5", "train.schedule=cosine", "train.log_every=1"]
 
@@ -257,9 +267,9 @@ def _records(run: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-def test_a_budgeted_run_follows_its_plan(synthetic: Path, tmp_path: Path, fake_run: FakeClock) -> None:
+def test_a_budgeted_run_follows_its_plan(synthetic: Path, tmp_path: Path, fake_run: FakeClock, monkeypatch) -> None:
     out = tmp_path / "run"
-    assert run_train(out, synthetic_overrides(synthetic) + BUDGET_SETS) == 0
+    assert run_command(monkeypatch, out, synthetic_overrides(synthetic) + BUDGET_SETS) == 0
     # Plan after 7 steps (at 128 s, 31 s since the start at 97): 120 - margin 3.6 - 31 - 2 evaluations x 5
     # - finish 5 = 70.4 s = 17 steps of 4 s; the last iteration is 7 + 17 = 24. The first of the config's two
     # evaluations (1000 / 500) at position 7 + 993 / 2: iteration 7 + ceil(8.5) = 16.
@@ -279,7 +289,7 @@ def test_a_budgeted_run_follows_its_plan(synthetic: Path, tmp_path: Path, fake_r
 def test_a_stopped_and_resumed_run_ends_on_the_same_weights(synthetic: Path, tmp_path: Path, fake_run: FakeClock,
                                                            monkeypatch) -> None:
     sets = synthetic_overrides(synthetic) + BUDGET_SETS
-    assert run_train(tmp_path / "full", sets) == 0
+    assert run_command(monkeypatch, tmp_path / "full", sets) == 0
     real_record = trainer_module.Trainer.record
 
     def record(self, stats, seconds):  # SIGTERM after iteration 20: the loop saves last.pt and exits 143
@@ -289,10 +299,10 @@ def test_a_stopped_and_resumed_run_ends_on_the_same_weights(synthetic: Path, tmp
 
     fake_run.t = 100.0
     monkeypatch.setattr(trainer_module.Trainer, "record", record)
-    assert run_train(tmp_path / "stopped", sets) == 143
+    assert run_command(monkeypatch, tmp_path / "stopped", sets) == 143
     monkeypatch.setattr(trainer_module.Trainer, "record", real_record)
     monkeypatch.setattr(budget_module, "command_seconds", lambda: 0.0)  # a resume that costs no time: no re-plan
-    assert run_train(tmp_path / "stopped", sets, resume=True) == 0
+    assert run_command(monkeypatch, tmp_path / "stopped", sets, resume=True) == 0
     assert [p["reason"] for p in _records(tmp_path / "stopped", "plan")] == ["initial"]  # no re-plan after --resume
     full = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
@@ -302,14 +312,15 @@ def test_a_stopped_and_resumed_run_ends_on_the_same_weights(synthetic: Path, tmp
     assert resumed["budget"]["used_s"] <= 120
 
 
-def test_a_budget_too_short_leaves_the_folder_free(synthetic: Path, tmp_path: Path, fake_run: FakeClock) -> None:
+def test_a_budget_too_short_leaves_the_folder_free(synthetic: Path, tmp_path: Path, fake_run: FakeClock,
+                                                   monkeypatch) -> None:
     out = tmp_path / "run"
     sets = synthetic_overrides(synthetic) + [*BUDGET_SETS, "train.max_iters=30", "train.warmup_iters=15"]
     # At 31 s after 7 steps: 60 - margin 3 - 31 - an evaluation 5 - finish 5 = 16 s, 4 more steps of 4 s.
     with pytest.raises(BudgetError, match=r"fits 11 iterations, fewer than the 30 that train.warmup_iters=15 needs"):
-        run_train(out, [*sets, "train.time_budget=1m"])
+        run_command(monkeypatch, out, [*sets, "train.time_budget=1m"])
     assert not (out / "metrics.jsonl").exists() and not list(out.glob("events.out.tfevents.*"))
-    assert run_train(out, [*sets, "train.time_budget=3m"]) == 0  # the same folder, a longer budget
+    assert run_command(monkeypatch, out, [*sets, "train.time_budget=3m"]) == 0  # the same folder, a longer budget
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 30
 
 
@@ -336,3 +347,16 @@ def test_a_re_plan_keeps_the_evaluations_where_they_were_in_the_schedule() -> No
     assert [reason for _, _, reason in plans][:2] == ["initial", "slower"]
     assert all((p.eval_period, p.eval_from) == (2500, 0) for _, p, _ in plans)
     assert seen - {0} == {1, 2, 3, 4} and end <= 900
+
+
+@pytest.mark.slow
+def test_a_command_called_inside_a_longer_process_counts_from_the_call(synthetic: Path, tmp_path: Path,
+                                                                       fake_run: FakeClock, monkeypatch) -> None:
+    """main(argv) inside a test session (or a notebook) 19 minutes old: a 2m budget starts at the call, not at
+    the process's start (which made a 15m budget 'too short' after 1130 s of the suite)."""
+    monkeypatch.setattr(budget_module, "command_seconds", lambda: 1130.0)
+    out = tmp_path / "run"
+    assert run_train(out, synthetic_overrides(synthetic) + BUDGET_SETS) == 0
+    (plan,) = _records(out, "plan")
+    # The plan after 7 steps at 128 s, 28 s after the call at 100: 120 - 3.6 - 28 - 2 x 5 - 5 = 73.4 s = 18 steps.
+    assert (plan["elapsed_s"], plan["iterations"]) == (28.0, 25)

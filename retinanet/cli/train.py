@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from retinanet.cli.common import add_data_argument, run_cli, with_data
+from retinanet.engine import budget
 from retinanet.engine.run_folder import default_output_dir
 from retinanet.engine.trainer import train
 
@@ -31,12 +32,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """argv None: the process's own command line, whose start-up a time budget counts; a list: a call
+    inside a longer process (tests, notebooks), whose budget starts now."""
+    started = None if argv is None else budget.CLOCK()
     args = parse_args(argv)
     _, overrides = with_data(args.data, args.set)
     output_dir = args.output_dir
     if output_dir is None and args.data is not None:  # a run per dataset, beside runs/<config name>
         output_dir = str(default_output_dir(args.config).parent / Path(args.data).resolve().name)
-    return train(args.config, overrides, output_dir, args.resume)
+    return train(args.config, overrides, output_dir, args.resume, started)
 
 
 if __name__ == "__main__":

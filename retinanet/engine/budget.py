@@ -223,9 +223,11 @@ class Budget:
         self.history: list[dict[str, Any]] = []  # every plan record, for the model card
 
     @classmethod
-    def for_command(cls, cfg: TrainConfig, has_val: bool, source: str) -> "Budget":
-        """The budget of this command, counted from the process's start (imports included)."""
-        return cls(cfg, cfg.time_budget_seconds, start=CLOCK() - command_seconds(), has_val=has_val, source=source)
+    def for_command(cls, cfg: TrainConfig, has_val: bool, source: str, started: float | None = None) -> "Budget":
+        """The budget of this command, counted from the process's start (imports included), or from
+        `started` (a CLOCK() reading) where the command runs inside a longer process."""
+        start = CLOCK() - command_seconds() if started is None else started
+        return cls(cfg, cfg.time_budget_seconds, start=start, has_val=has_val, source=source)
 
     # ------------------------------------------------------------------ time
 

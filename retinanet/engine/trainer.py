@@ -255,7 +255,8 @@ class Trainer:
         return StepOptions(self.device, self.runtime.amp, self.cfg.train.grad_clip, distributed.get_world_size())
 
     @classmethod
-    def build(cls, config: str, overrides: Sequence[str], output_dir: str | None, resume: bool) -> "Trainer":
+    def build(cls, config: str, overrides: Sequence[str], output_dir: str | None, resume: bool,
+              started: float | None = None) -> "Trainer":
         """Config, run folder, data, model, optimizer; then the state of `last.pt` under --resume."""
         cfg = load_config(config, overrides)
         device = distributed.init_from_env(resolve_device(cfg.train.device))
@@ -319,7 +320,7 @@ class Trainer:
                        if val_set is not None else None),
             logger=RunLogger(out_dir, enabled=distributed.is_main_process()), stop=StopRequest(), progress=Progress(),
             metrics={}, plan=Plan.from_config(cfg.train),
-            budget=Budget.for_command(cfg.train, has_val=val_set is not None, source=config),
+            budget=Budget.for_command(cfg.train, has_val=val_set is not None, source=config, started=started),
         )
         if resume:
             trainer.restore(read_on_main(checkpoint_path(out_dir, LAST)))
@@ -663,10 +664,12 @@ def fit(t: Trainer) -> int:
     return t.finish()
 
 
-def train(config: str, overrides: Sequence[str] = (), output_dir: str | None = None, resume: bool = False) -> int:
-    """`python train.py`: one process of a run (the only one, or one of WORLD_SIZE under torchrun)."""
+def train(config: str, overrides: Sequence[str] = (), output_dir: str | None = None, resume: bool = False,
+          started: float | None = None) -> int:
+    """`python train.py`: one process of a run (the only one, or one of WORLD_SIZE under torchrun). A time
+    budget counts from the process's start, or from `started` (budget.CLOCK()) when called inside another."""
     try:
-        trainer = Trainer.build(config, overrides, output_dir, resume)
+        trainer = Trainer.build(config, overrides, output_dir, resume, started)
         with deterministic_algorithms(trainer.cfg.train.deterministic):
             try:
                 return fit(trainer)
