@@ -67,6 +67,16 @@ FINISH_SECONDS = 5.0
 MAX_WARMUP_SHARE = 0.5
 
 
+def _mean_and_error(values: list[float]) -> tuple[float, float]:
+    """The mean of `values` and its standard error (0 with fewer than two values)."""
+    if not values:
+        return 0.0, 0.0
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
 class BudgetError(ConfigError):
     """train.time_budget cannot hold the run; the message names the shortest workable budget."""
 
@@ -272,15 +282,11 @@ class Budget:
     def step_seconds(self) -> float | None:
         """The recent step time: the mean of the last STEP_WINDOW measured steps, the slowest TRIM left out."""
         kept = self._kept_steps()
-        return sum(kept) / len(kept) if kept else None
+        return _mean_and_error(kept)[0] if kept else None
 
     def step_error(self) -> float:
         """The standard error of step_seconds(): how far the mean may be off by the steps' scatter alone."""
-        kept = self._kept_steps()
-        if len(kept) < 2:
-            return 0.0
-        mean = sum(kept) / len(kept)
-        return math.sqrt(sum((t - mean) ** 2 for t in kept) / (len(kept) - 1) / len(kept))
+        return _mean_and_error(self._kept_steps())[1]
 
     def _changed_speed(self) -> float | None:
         """The mean of the last RECENT_STEPS steps when it stands out from the window's mean by more than its
@@ -289,9 +295,8 @@ class Budget:
         mean = self.step_seconds()
         if len(recent) < RECENT_STEPS or mean is None:
             return None
-        recent_mean = sum(recent) / len(recent)
-        spread = math.sqrt(sum((t - recent_mean) ** 2 for t in recent) / (len(recent) - 1) / len(recent))
-        if abs(recent_mean - mean) <= NOISE_SE * spread:
+        recent_mean, recent_error = _mean_and_error(recent)
+        if abs(recent_mean - mean) <= NOISE_SE * recent_error:
             return None
         self.step_times = deque(recent, maxlen=STEP_WINDOW)
         return self.step_seconds()
@@ -311,13 +316,17 @@ class Budget:
         evals = plan.evals_left(it) if self.has_val else 0
         return (plan.end_iter - it) * step + evals * est.eval + plan.checkpoints_left(it) * est.checkpoint + est.finish
 
+    def _configured_counts(self) -> tuple[int, int]:
+        """The evaluations and checkpoints the config asks for over max_iters (the final one at least)."""
+        cfg = self.cfg
+        evals = math.ceil(cfg.max_iters / cfg.eval_every) if cfg.eval_every > 0 else 1
+        return evals, math.ceil(cfg.max_iters / cfg.checkpoint_every) if cfg.checkpoint_every > 0 else 1
+
     def _counts(self, plan: Plan, it: int) -> tuple[int, int]:
         """Evaluations and checkpoints left for a new plan from `it`: the config's count over what is left of
         the schedule, evaluations capped at EVAL_SHARE of the budget."""
-        cfg = self.cfg
-        left = 1.0 - plan.position(it) / cfg.max_iters
-        evals = math.ceil(cfg.max_iters / cfg.eval_every) if cfg.eval_every > 0 else 1
-        checkpoints = math.ceil(cfg.max_iters / cfg.checkpoint_every) if cfg.checkpoint_every > 0 else 1
+        left = 1.0 - plan.position(it) / self.cfg.max_iters
+        evals, checkpoints = self._configured_counts()
         evals = max(1, math.ceil(evals * left - 1e-9))
         if self.estimates.eval > 0:
             affordable = math.floor(EVAL_SHARE * self.seconds / self.estimates.eval)
@@ -357,8 +366,7 @@ class Budget:
         needed = min(cfg.max_iters, max(WARM_STEPS + CALIBRATION_STEPS, math.ceil(cfg.warmup_iters / MAX_WARMUP_SHARE)))
         if end >= needed:
             return
-        checkpoints = math.ceil(cfg.max_iters / cfg.checkpoint_every) if cfg.checkpoint_every > 0 else 1
-        configured = math.ceil(cfg.max_iters / cfg.eval_every) if cfg.eval_every > 0 else 1
+        configured, checkpoints = self._configured_counts()
         shortest = self.seconds
         for _ in range(20):  # a longer budget affords more evaluations and a wider margin: to the fixed point
             evals = min(configured, max(1, math.floor(EVAL_SHARE * shortest / est.eval))) if est.eval else 1
